@@ -1,0 +1,91 @@
+"""vibe_planner: plan a vibe into a DAG, run it concurrently, checkpoint it, resume it."""
+
+from ._events import CheckpointWritten as CheckpointWritten
+from ._events import NodeCompleted as NodeCompleted
+from ._events import NodeFailed as NodeFailed
+from ._events import NodeRetrying as NodeRetrying
+from ._events import NodeSkipped as NodeSkipped
+from ._events import NodeStarted as NodeStarted
+from ._events import PlanCreated as PlanCreated
+from ._events import ProgressEvent as ProgressEvent
+from ._events import RunFinished as RunFinished
+from ._exceptions import CheckpointCorruptError as CheckpointCorruptError
+from ._exceptions import CheckpointError as CheckpointError
+from ._exceptions import CheckpointMismatchError as CheckpointMismatchError
+from ._exceptions import CheckpointNotFoundError as CheckpointNotFoundError
+from ._exceptions import CheckpointWriteError as CheckpointWriteError
+from ._exceptions import InvalidIdentifierError as InvalidIdentifierError
+from ._exceptions import InvalidVibeError as InvalidVibeError
+from ._exceptions import NodeError as NodeError
+from ._exceptions import NodeOutputError as NodeOutputError
+from ._exceptions import PlanLockedError as PlanLockedError
+from ._exceptions import PlanningError as PlanningError
+from ._exceptions import PlanValidationError as PlanValidationError
+from ._exceptions import VibePlannerError as VibePlannerError
+from ._models import Checkpoint as Checkpoint
+from ._models import CheckpointInfo as CheckpointInfo
+from ._models import ErrorInfo as ErrorInfo
+from ._models import ExecutionResult as ExecutionResult
+from ._models import NodeResult as NodeResult
+from ._models import NodeStatus as NodeStatus
+from ._models import TokenUsage as TokenUsage
+from ._models import Vibe as Vibe
+from ._models import WorkflowNode as WorkflowNode
+from ._models import WorkflowPlan as WorkflowPlan
+from ._planner import MetaPlanner as MetaPlanner
+from .execution._context import Handler as Handler
+from .execution._context import NodeContext as NodeContext
+from .execution._context import RetryPolicy as RetryPolicy
+from .persistence._manager import WorkflowPersistenceManager as WorkflowPersistenceManager
+from .persistence._recorder import Durability as Durability
+from .persistence._store import CheckpointStore as CheckpointStore
+from .persistence._store import FileCheckpointStore as FileCheckpointStore
+from .planning import OfflinePlanner as OfflinePlanner
+from .planning import Planner as Planner
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Checkpoint",
+    "CheckpointCorruptError",
+    "CheckpointError",
+    "CheckpointInfo",
+    "CheckpointMismatchError",
+    "CheckpointNotFoundError",
+    "CheckpointStore",
+    "CheckpointWriteError",
+    "CheckpointWritten",
+    "Durability",
+    "ErrorInfo",
+    "ExecutionResult",
+    "FileCheckpointStore",
+    "Handler",
+    "InvalidIdentifierError",
+    "InvalidVibeError",
+    "MetaPlanner",
+    "NodeCompleted",
+    "NodeContext",
+    "NodeError",
+    "NodeFailed",
+    "NodeOutputError",
+    "NodeResult",
+    "NodeRetrying",
+    "NodeSkipped",
+    "NodeStarted",
+    "NodeStatus",
+    "OfflinePlanner",
+    "PlanCreated",
+    "PlanLockedError",
+    "PlanValidationError",
+    "Planner",
+    "PlanningError",
+    "ProgressEvent",
+    "RetryPolicy",
+    "RunFinished",
+    "TokenUsage",
+    "Vibe",
+    "VibePlannerError",
+    "WorkflowNode",
+    "WorkflowPersistenceManager",
+    "WorkflowPlan",
+]

@@ -1,0 +1,356 @@
+"""The data model: vibes, plans, nodes, results and checkpoints (pydantic v2, JSON via orjson).
+
+Models know nothing of scheduling or storage. `WorkflowPlan` validates itself as a DAG on
+construction, so a plan that exists is a plan that can run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, Literal
+
+import orjson
+import pydantic
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, PrivateAttr, field_validator
+
+from ._dag import DEFAULT_MAX_NODES, topological_order
+from ._exceptions import InvalidIdentifierError, InvalidVibeError, PlanValidationError
+from ._ids import check_node_id, check_plan_id
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "Checkpoint",
+    "CheckpointInfo",
+    "CheckpointReason",
+    "ErrorInfo",
+    "ExecutionResult",
+    "NodeResult",
+    "NodeStatus",
+    "RunStatus",
+    "TokenUsage",
+    "Vibe",
+    "WorkflowNode",
+    "WorkflowPlan",
+]
+
+SCHEMA_VERSION = 1
+"""Version of the checkpoint document written by this release."""
+
+CheckpointReason = Literal[
+    "planned", "resumed", "interval", "failure", "cancelled", "final", "manual"
+]
+"""Why a checkpoint was written.
+
+- ``planned``: right after planning, before any node ran (a resume never plans again).
+- ``resumed``: when a run resumes, before any node runs (it starts a new journal).
+- ``interval``: every ``checkpoint_interval`` finished nodes.
+- ``failure``: a node failed for good.
+- ``cancelled``: the run was cancelled (task group cancel, Ctrl-C).
+- ``final``: the run ended (completed or failed).
+- ``manual``: written by `MetaPlanner.create_checkpoint`.
+"""
+
+RunStatus = Literal["completed", "failed", "cancelled"]
+"""Outcome of a run: every node completed, some node failed, or the run was cancelled."""
+
+
+class NodeStatus(StrEnum):
+    """Where a node stands."""
+
+    PENDING = "pending"
+    """Not started yet (or reset for a resume)."""
+    RUNNING = "running"
+    """Its handler is running."""
+    COMPLETED = "completed"
+    """Finished with an output; never run again for this plan."""
+    FAILED = "failed"
+    """Its handler failed on every attempt, or with a permanent error."""
+    SKIPPED = "skipped"
+    """Not run because a dependency failed."""
+    CANCELLED = "cancelled"
+    """Not finished because the run was cancelled."""
+
+
+def _pydantic_problems(exc: pydantic.ValidationError) -> list[str]:
+    problems = []
+    for error in exc.errors(include_url=False):
+        where = ".".join(str(part) for part in error["loc"]) or "value"
+        problems.append(f"{where}: {error['msg']}")
+    return problems
+
+
+class Vibe(BaseModel):
+    """A loose description of what the developer wants.
+
+    Example:
+        >>> Vibe(description="a launch blog post", style="warm", constraints=["< 800 words"])
+        Vibe(description='a launch blog post', style='warm', constraints=['< 800 words'], metadata={})
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    description: str = Field(min_length=1, max_length=100_000)
+    """What is wanted, in plain words. Required and not blank."""
+    style: str | None = Field(default=None, max_length=10_000)
+    """How it should feel (tone, voice, format)."""
+    constraints: list[str] = Field(default_factory=list, max_length=100)
+    """Hard requirements, one per item."""
+    metadata: dict[str, JsonValue] = Field(default_factory=dict)
+    """Free-form data for the app; not part of the fingerprint."""
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except pydantic.ValidationError as exc:
+            raise InvalidVibeError(_pydantic_problems(exc)) from None
+
+    @field_validator("description")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be blank")
+        return value
+
+    def fingerprint(self) -> str:
+        """Return a stable hex digest of the description, style and constraints."""
+        canonical = orjson.dumps(
+            {"description": self.description, "style": self.style, "constraints": self.constraints},
+            option=orjson.OPT_SORT_KEYS,
+        )
+        return hashlib.sha256(canonical).hexdigest()
+
+    def default_plan_id(self) -> str:
+        """Return the plan id `execute_with_resume` uses for this vibe: ``vibe-<fingerprint>``."""
+        return "vibe-" + self.fingerprint()[:24]
+
+
+class WorkflowNode(BaseModel):
+    """One unit of work in a plan.
+
+    Example:
+        >>> WorkflowNode(id="outline", instructions="Outline the post", depends_on=["brief"]).kind
+        'llm'
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    id: str
+    """Unique within the plan: ASCII letters, digits, ``_ . : -``, at most 128 characters."""
+    kind: str = Field(default="llm", pattern=r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")
+    """Which handler runs the node (``llm`` by default)."""
+    instructions: str = Field(default="", max_length=100_000)
+    """What the node must do."""
+    depends_on: list[str] = Field(default_factory=list)
+    """Ids of the nodes whose outputs this node needs."""
+    parameters: dict[str, JsonValue] = Field(default_factory=dict)
+    """Handler-specific settings."""
+    timeout: float | None = Field(default=None, gt=0)
+    """Seconds one attempt may take; overrides the planner's default."""
+    max_attempts: int | None = Field(default=None, ge=1, le=100)
+    """Attempts before the node fails; overrides the planner's retry policy."""
+
+    @field_validator("id")
+    @classmethod
+    def _valid_id(cls, value: str) -> str:
+        try:
+            return check_node_id(value)
+        except InvalidIdentifierError as exc:
+            raise ValueError(exc.reason) from None
+
+
+class WorkflowPlan(BaseModel):
+    """A validated DAG of nodes for one vibe.
+
+    Construction raises `PlanValidationError` naming the offending nodes when ids repeat,
+    a dependency is unknown, the graph has a cycle, or the plan is empty or too large.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    plan_id: str
+    """Names the plan's checkpoint folder; see `Vibe.default_plan_id`."""
+    vibe: Vibe
+    """The vibe the plan was made for."""
+    nodes: list[WorkflowNode]
+    """The nodes, in any order."""
+    planner: str = "custom"
+    """Name of the planner that made the plan (``offline``, ``llm``, ``custom``)."""
+    model: str | None = None
+    """LLM model that made the plan, if any."""
+
+    _order: list[str] = PrivateAttr(default_factory=list)
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except pydantic.ValidationError as exc:
+            raise _as_plan_error(exc) from None
+
+    @field_validator("plan_id")
+    @classmethod
+    def _valid_plan_id(cls, value: str) -> str:
+        try:
+            return check_plan_id(value)
+        except InvalidIdentifierError as exc:
+            raise ValueError(exc.reason) from None
+
+    @pydantic.model_validator(mode="after")
+    def _valid_dag(self) -> WorkflowPlan:
+        self._order = topological_order(self.nodes, max_nodes=DEFAULT_MAX_NODES)
+        return self
+
+    @property
+    def order(self) -> list[str]:
+        """Node ids in an order where every node comes after its dependencies."""
+        return self._order
+
+    def node(self, node_id: str) -> WorkflowNode:
+        """Return the node with this id (`KeyError` if absent)."""
+        for node in self.nodes:
+            if node.id == node_id:
+                return node
+        raise KeyError(node_id)
+
+    def sinks(self) -> list[str]:
+        """Return the ids of nodes no other node depends on (the plan's deliverables)."""
+        needed = {dep for node in self.nodes for dep in node.depends_on}
+        return [node.id for node in self.nodes if node.id not in needed]
+
+
+def _as_plan_error(exc: pydantic.ValidationError) -> PlanValidationError:
+    for error in exc.errors(include_url=False):
+        cause = (error.get("ctx") or {}).get("error")
+        if isinstance(cause, PlanValidationError):
+            return cause
+    node_ids = []
+    for error in exc.errors(include_url=False):
+        loc = error["loc"]
+        if len(loc) >= 2 and loc[0] == "nodes" and isinstance(loc[1], int):
+            node_ids.append(f"#{loc[1]}")
+    return PlanValidationError(_pydantic_problems(exc), node_ids)
+
+
+class ErrorInfo(BaseModel):
+    """Why a node failed."""
+
+    model_config = ConfigDict(frozen=True)
+
+    type: str
+    """Exception class name."""
+    message: str
+    """Exception message."""
+    retryable: bool = True
+    """Whether the failure was considered transient."""
+
+
+class TokenUsage(BaseModel):
+    """LLM tokens spent (zero for offline runs)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+    requests: int = 0
+    """Number of LLM requests that reported usage."""
+
+    def __add__(self, other: TokenUsage) -> TokenUsage:
+        return TokenUsage(
+            prompt_tokens=self.prompt_tokens + other.prompt_tokens,
+            completion_tokens=self.completion_tokens + other.completion_tokens,
+            total_tokens=self.total_tokens + other.total_tokens,
+            requests=self.requests + other.requests,
+        )
+
+
+class NodeResult(BaseModel):
+    """The outcome of one node."""
+
+    model_config = ConfigDict(frozen=True)
+
+    node_id: str
+    status: NodeStatus
+    output: JsonValue = None
+    """The handler's return value (JSON); ``None`` unless completed."""
+    error: ErrorInfo | None = None
+    attempts: int = 0
+    """Attempts made, across resumes."""
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    usage: TokenUsage | None = None
+
+
+class Checkpoint(BaseModel):
+    """A checkpoint document, as stored in ``<checkpoint_dir>/<plan_id>/<checkpoint_id>.json``."""
+
+    model_config = ConfigDict(frozen=True)
+
+    schema_version: int = SCHEMA_VERSION
+    checkpoint_id: str
+    sequence: int = Field(ge=0)
+    """Increases by one per checkpoint of the plan; orders checkpoints whatever the clocks say."""
+    plan_id: str
+    run_id: str
+    """Identifies the run (and its journal) that wrote the checkpoint."""
+    created_at: datetime
+    reason: CheckpointReason
+    vibe: Vibe
+    workflow_plan: WorkflowPlan
+    completed_nodes: list[str]
+    pending_nodes: list[str]
+    failed_nodes: list[str]
+    node_results: dict[str, NodeResult]
+    usage: TokenUsage = Field(default_factory=TokenUsage)
+    metadata: dict[str, JsonValue] = Field(default_factory=dict)
+    checksum: str
+    """``sha256:<hex>`` of the canonical JSON of every other field."""
+
+
+class CheckpointInfo(BaseModel):
+    """A line of `WorkflowPersistenceManager.list_checkpoints`: a checkpoint's summary."""
+
+    model_config = ConfigDict(frozen=True)
+
+    checkpoint_id: str
+    plan_id: str
+    sequence: int
+    created_at: datetime | None
+    reason: str | None
+    completed_nodes: int
+    total_nodes: int
+    size_bytes: int
+    path: str
+    error: str | None = None
+    """Why the file could not be read, if it is damaged (the other fields are then partial)."""
+
+
+class ExecutionResult(BaseModel):
+    """What a run produced."""
+
+    model_config = ConfigDict(frozen=True)
+
+    plan_id: str
+    run_id: str
+    status: RunStatus
+    plan: WorkflowPlan
+    node_results: dict[str, NodeResult]
+    outputs: dict[str, JsonValue]
+    """Outputs of the sink nodes (those nothing depends on) that completed."""
+    resumed_from: str | None = None
+    """Checkpoint the run resumed from, if any."""
+    checkpoints_written: list[str] = Field(default_factory=list)
+    nodes_run: int = 0
+    """Nodes executed by this call (not counting those restored from checkpoints)."""
+    nodes_restored: int = 0
+    """Completed nodes restored from checkpoints instead of being run again."""
+    duration_seconds: float = 0.0
+    usage: TokenUsage = Field(default_factory=TokenUsage)
+    offline: bool = False
+    """True when planning and LLM nodes used the embedded offline defaults."""
+
+    @property
+    def failed_nodes(self) -> list[str]:
+        """Ids of the nodes that failed."""
+        return [k for k, r in self.node_results.items() if r.status == NodeStatus.FAILED]

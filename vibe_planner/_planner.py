@@ -1,0 +1,354 @@
+"""`MetaPlanner`: the façade that plans a vibe, runs it, checkpoints it and resumes it."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import anyio
+import pydantic
+
+from ._events import CheckpointWritten, PlanCreated, ProgressEvent, RunFinished
+from ._exceptions import (
+    CheckpointMismatchError,
+    CheckpointNotFoundError,
+    InvalidVibeError,
+    PlanningError,
+    VibePlannerError,
+)
+from ._ids import check_plan_id
+from ._models import Checkpoint, CheckpointInfo, ExecutionResult, NodeStatus, Vibe, WorkflowPlan
+from ._state import RunState, records_from_checkpoint
+from .execution._context import Handler, RetryPolicy
+from .execution._handlers import default_handlers
+from .execution._scheduler import Scheduler, check_handlers
+from .persistence._lock import PlanLock
+from .persistence._manager import Restored, WorkflowPersistenceManager
+from .persistence._recorder import Durability, RunRecorder
+from .planning import OfflinePlanner, Planner
+
+__all__ = ["MetaPlanner", "VibeLike"]
+
+logger = logging.getLogger("vibe_planner")
+
+VibeLike = Vibe | str | Mapping[str, Any]
+"""A `Vibe`, a description string, or a mapping of `Vibe` fields."""
+
+
+class MetaPlanner:
+    """Plans a vibe into a DAG, runs it concurrently, and resumes it after a crash.
+
+    Args:
+        planner: Any object with ``async plan(vibe) -> WorkflowPlan``; the offline planner by
+            default.
+        handlers: Node handlers by kind, added to (and overriding) the built-in ``llm`` and
+            ``noop`` handlers.
+        persistence_manager: Where checkpoints go; ``.vibe_checkpoints`` by default.
+        checkpoint_interval: Write a snapshot every this many finished nodes (``None``: only
+            the planned, failure, cancelled and final snapshots).
+        durability: ``journal`` (default), ``interval`` or ``none``; see `Durability`.
+        max_concurrency: Most nodes running at once.
+        retry: Attempts and backoff for failing nodes.
+        node_timeout: Default seconds per attempt (``None``: no limit).
+        fail_fast: Cancel the rest of the run when a node fails (default: keep running
+            independent branches; the failed node's dependents are skipped).
+
+    Example:
+        >>> planner = MetaPlanner(checkpoint_interval=5, max_concurrency=16)
+    """
+
+    def __init__(
+        self,
+        *,
+        planner: Planner | None = None,
+        handlers: Mapping[str, Handler] | None = None,
+        persistence_manager: WorkflowPersistenceManager | None = None,
+        checkpoint_interval: int | None = 5,
+        durability: Durability = "journal",
+        max_concurrency: int = 16,
+        retry: RetryPolicy | None = None,
+        node_timeout: float | None = 300.0,
+        fail_fast: bool = False,
+        progress_callback: Callable[[ProgressEvent], Any] | None = None,
+    ) -> None:
+        if checkpoint_interval is not None and checkpoint_interval < 1:
+            raise ValueError(f"checkpoint_interval must be >= 1 or None, got {checkpoint_interval}")
+        if max_concurrency < 1:
+            raise ValueError(f"max_concurrency must be >= 1, got {max_concurrency}")
+        if durability not in ("journal", "interval", "none"):
+            raise ValueError(f"durability must be 'journal', 'interval' or 'none', got {durability!r}")
+        self.planner: Planner = planner if planner is not None else OfflinePlanner()
+        self.handlers: dict[str, Handler] = {**default_handlers(), **(handlers or {})}
+        self.persistence_manager = persistence_manager or WorkflowPersistenceManager()
+        self.checkpoint_interval = checkpoint_interval
+        self.durability: Durability = durability
+        self.max_concurrency = max_concurrency
+        self.retry = retry or RetryPolicy()
+        self.node_timeout = node_timeout
+        self.fail_fast = fail_fast
+        self.progress_callback = progress_callback
+
+    @property
+    def offline(self) -> bool:
+        """True when planning uses the embedded offline planner."""
+        return isinstance(self.planner, OfflinePlanner)
+
+    # -- planning -------------------------------------------------------------------------------
+    async def plan(self, vibe: VibeLike, *, plan_id: str | None = None) -> WorkflowPlan:
+        """Ask the planner for a plan of *vibe* (no execution, no checkpoint)."""
+        vibe = as_vibe(vibe)
+        plan_id = check_plan_id(plan_id) if plan_id is not None else vibe.default_plan_id()
+        try:
+            plan = await self.planner.plan(vibe)
+        except VibePlannerError:
+            raise
+        except Exception as exc:
+            raise PlanningError(f"{type(self.planner).__name__}.plan raised {exc!r}") from exc
+        if not isinstance(plan, WorkflowPlan):
+            raise PlanningError(f"{type(self.planner).__name__}.plan returned {type(plan).__name__}, "
+                                "not a WorkflowPlan")
+        check_handlers(plan.nodes, self.handlers)
+        if plan.plan_id == plan_id and plan.vibe == vibe:
+            return plan
+        return plan.model_copy(update={"plan_id": plan_id, "vibe": vibe})
+
+    # -- running --------------------------------------------------------------------------------
+    async def execute(
+        self, vibe: VibeLike, *, plan_id: str | None = None, metadata: Mapping[str, Any] | None = None
+    ) -> ExecutionResult:
+        """Plan and run *vibe* from scratch (earlier checkpoints of the plan are kept)."""
+        vibe = as_vibe(vibe)
+        plan_id = check_plan_id(plan_id) if plan_id is not None else vibe.default_plan_id()
+        async with self._locked(plan_id):
+            plan = await self.plan(vibe, plan_id=plan_id)
+            return await self._run(RunState(plan, _new_run_id(), dict(metadata or {})), None)
+
+    async def execute_with_resume(
+        self,
+        vibe: VibeLike,
+        *,
+        checkpoint_id: str | None = None,
+        plan_id: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> ExecutionResult:
+        """Resume *vibe*'s plan from its latest checkpoint (or *checkpoint_id*), else start fresh.
+
+        Completed nodes are never run again and the planner is not called again. If the plan
+        already completed, the stored result is returned at once.
+
+        Raises:
+            CheckpointCorruptError: The checkpoint to resume from is damaged (catch it and
+                call `execute` to start over; the damaged file is left in place).
+            CheckpointMismatchError: The plan id's checkpoints were made for another vibe.
+            PlanLockedError: Another process is running this plan.
+        """
+        vibe = as_vibe(vibe)
+        plan_id = check_plan_id(plan_id) if plan_id is not None else vibe.default_plan_id()
+        async with self._locked(plan_id):
+            restored = await self._restore(plan_id, checkpoint_id)
+            if restored is None:
+                plan = await self.plan(vibe, plan_id=plan_id)
+                return await self._run(RunState(plan, _new_run_id(), dict(metadata or {})), None)
+            stored = restored.checkpoint.vibe
+            if stored.fingerprint() != vibe.fingerprint():
+                raise CheckpointMismatchError(
+                    plan_id, f"it was planned for the vibe {stored.description[:60]!r}, "
+                    f"not {vibe.description[:60]!r}")
+            return await self._resume(restored, metadata)
+
+    async def resume(self, plan_id: str, *, checkpoint_id: str | None = None) -> ExecutionResult:
+        """Resume a plan by id, with the vibe stored in its checkpoint.
+
+        Raises:
+            CheckpointNotFoundError: The plan has no checkpoint.
+        """
+        check_plan_id(plan_id)
+        async with self._locked(plan_id):
+            restored = await self._restore(plan_id, checkpoint_id)
+            if restored is None:
+                raise CheckpointNotFoundError(None, plan_id)
+            return await self._resume(restored, None)
+
+    # -- checkpoints ----------------------------------------------------------------------------
+    async def create_checkpoint(
+        self,
+        plan_id: str,
+        execution_state: ExecutionResult | Checkpoint,
+        *,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> str:
+        """Write a ``manual`` checkpoint of *execution_state* for *plan_id*; return its id.
+
+        *execution_state* is a result of `execute` (or a loaded `Checkpoint`) of the same plan:
+        its completed nodes are what a later resume will not run again.
+        """
+        check_plan_id(plan_id)
+        plan = execution_state.plan if isinstance(execution_state, ExecutionResult) \
+            else execution_state.workflow_plan
+        if plan.plan_id != plan_id:
+            raise CheckpointMismatchError(plan_id, f"the execution state is of plan {plan.plan_id!r}")
+        state = RunState(plan, execution_state.run_id, dict(metadata or {}))
+        state.usage = execution_state.usage
+        for result in execution_state.node_results.values():
+            if result.status == NodeStatus.COMPLETED:
+                state.restore(result.model_dump(mode="json"), count_usage=False)
+        async with self._locked(plan_id):
+            recorder = RunRecorder(self.persistence_manager, state, durability="interval", interval=None)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(recorder.run)
+                try:
+                    checkpoint_id = await recorder.checkpoint("manual")
+                finally:
+                    recorder.close()
+        assert checkpoint_id is not None
+        return checkpoint_id
+
+    async def list_checkpoints(self, plan_id: str | None = None) -> list[CheckpointInfo]:
+        """Return checkpoint summaries, newest first (see `WorkflowPersistenceManager`)."""
+        return await self.persistence_manager.list_checkpoints(plan_id)
+
+    async def get_checkpoint(self, checkpoint_id: str) -> Checkpoint:
+        """Load and verify one checkpoint."""
+        return await self.persistence_manager.get_checkpoint(checkpoint_id)
+
+    async def delete_checkpoint(self, checkpoint_id: str) -> None:
+        """Delete one checkpoint."""
+        await self.persistence_manager.delete_checkpoint(checkpoint_id)
+
+    # -- internals ------------------------------------------------------------------------------
+    def _locked(self, plan_id: str) -> _PlanLockContext:
+        manager = self.persistence_manager if self.durability != "none" else None
+        return _PlanLockContext(manager, plan_id)
+
+    async def _restore(self, plan_id: str, checkpoint_id: str | None) -> Restored | None:
+        if self.durability == "none" and checkpoint_id is None:
+            return None
+        return await self.persistence_manager.restore(plan_id, checkpoint_id)
+
+    async def _resume(self, restored: Restored, metadata: Mapping[str, Any] | None) -> ExecutionResult:
+        checkpoint = restored.checkpoint
+        if restored.journal_problem is not None:
+            logger.warning("plan %s: ignored the end of its journal: %s", checkpoint.plan_id,
+                           restored.journal_problem)
+        check_handlers(checkpoint.workflow_plan.nodes, self.handlers)
+        done = not checkpoint.pending_nodes and not checkpoint.failed_nodes
+        if done and not restored.journal_records:
+            return _stored_result(checkpoint)
+        state = RunState(checkpoint.workflow_plan, _new_run_id(),
+                         {**checkpoint.metadata, **(metadata or {})})
+        state.usage = checkpoint.usage
+        for record in records_from_checkpoint(checkpoint):
+            state.restore(record, count_usage=False)
+        for record in restored.journal_records:
+            state.restore(record, count_usage=True)
+        return await self._run(state, checkpoint.checkpoint_id)
+
+    async def _run(self, state: RunState, resumed_from: str | None) -> ExecutionResult:
+        started = time.monotonic()
+        restored = len(state.records)
+        recorder = RunRecorder(
+            self.persistence_manager if self.durability != "none" else None, state,
+            durability=self.durability, interval=self.checkpoint_interval,
+        )
+        scheduler = Scheduler(state, self.handlers, recorder, max_concurrency=self.max_concurrency,
+                              retry=self.retry, node_timeout=self.node_timeout,
+                              fail_fast=self.fail_fast, started=started)
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(recorder.run, name="vibe_planner checkpoint writer")
+                try:
+                    status = await self._drive(state, recorder, scheduler, resumed_from)
+                finally:
+                    recorder.close()
+        except BaseExceptionGroup as group:
+            raise _unwrap(group) from None
+        if self.offline:
+            logger.info("plan %s ran offline (no LLM configured)", state.plan.plan_id)
+        return ExecutionResult(
+            plan_id=state.plan.plan_id, run_id=state.run_id, status=status, plan=state.plan,
+            node_results=state.node_results(),
+            outputs={k: state.outputs[k] for k in state.plan.sinks() if state.is_completed(k)},
+            resumed_from=resumed_from, checkpoints_written=recorder.written,
+            nodes_run=scheduler.nodes_run, nodes_restored=restored,
+            duration_seconds=time.monotonic() - started, usage=state.usage, offline=self.offline,
+        )
+
+    async def _drive(
+        self, state: RunState, recorder: RunRecorder, scheduler: Scheduler, resumed_from: str | None
+    ) -> Any:
+        await recorder.checkpoint("planned" if resumed_from is None else "resumed")
+        try:
+            status = await scheduler.run()
+        except anyio.get_cancelled_exc_class():
+            with anyio.CancelScope(shield=True):
+                scheduler.mark_cancelled()
+                await recorder.checkpoint("cancelled")
+            raise
+        await recorder.checkpoint("final")
+        return status
+
+
+class _PlanLockContext:
+    """Holds the plan's run lock for the duration of an ``async with`` block."""
+
+    def __init__(self, manager: WorkflowPersistenceManager | None, plan_id: str) -> None:
+        self._manager = manager
+        self._plan_id = plan_id
+        self._lock: PlanLock | None = None
+
+    async def __aenter__(self) -> None:
+        if self._manager is not None:
+            self._lock = await self._manager.acquire(self._plan_id)
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._manager is not None and self._lock is not None:
+            with anyio.CancelScope(shield=True):
+                await self._manager.release(self._lock)
+
+
+def as_vibe(vibe: VibeLike) -> Vibe:
+    """Coerce a `Vibe`, a description string or a mapping into a `Vibe`."""
+    if isinstance(vibe, Vibe):
+        return vibe
+    if isinstance(vibe, str):
+        return Vibe(description=vibe)
+    if isinstance(vibe, Mapping):
+        return Vibe(**dict(vibe))
+    raise InvalidVibeError([f"expected a Vibe, a str or a mapping, got {type(vibe).__name__}"])
+
+
+def _new_run_id() -> str:
+    return secrets.token_hex(8)
+
+
+def _stored_result(checkpoint: Checkpoint) -> ExecutionResult:
+    plan = checkpoint.workflow_plan
+    outputs = {k: checkpoint.node_results[k].output for k in plan.sinks()}
+    return ExecutionResult(
+        plan_id=checkpoint.plan_id, run_id=checkpoint.run_id, status="completed", plan=plan,
+        node_results=checkpoint.node_results, outputs=outputs, resumed_from=checkpoint.checkpoint_id,
+        nodes_restored=len(checkpoint.completed_nodes), usage=checkpoint.usage,
+        offline=plan.planner == OfflinePlanner.name,
+    )
+
+
+def _unwrap(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """Return the one meaningful error of a task group's exception group."""
+    cancelled = anyio.get_cancelled_exc_class()
+    leaves: list[BaseException] = []
+    stack: list[BaseException] = [group]
+    while stack:
+        exc = stack.pop()
+        if isinstance(exc, BaseExceptionGroup):
+            stack.extend(exc.exceptions)
+        elif not isinstance(exc, cancelled) and all(exc is not seen for seen in leaves):
+            leaves.append(exc)
+    if len(leaves) == 1:
+        return leaves[0]
+    return group
+
+
+_ = (pydantic, CheckpointWritten, PlanCreated, RunFinished)

@@ -1,0 +1,185 @@
+"""The live state of one run, shared by the scheduler (which changes it) and the recorder
+(which snapshots it).
+
+Node results are kept as JSON-ready *records*: plain dicts whose ``output`` is an
+`orjson.Fragment` of the already-encoded output. A record is never mutated once stored (a new
+one replaces it), so a snapshot is a shallow copy of the record table taken on the event loop,
+and encoding that copy in a worker thread needs no lock and re-encodes no output.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from ._exceptions import NodeOutputError
+from ._models import SCHEMA_VERSION, Checkpoint, NodeResult, NodeStatus, TokenUsage, WorkflowPlan
+
+__all__ = ["Capture", "Record", "RunState", "now_iso"]
+
+Record = dict[str, Any]
+_SORTED = orjson.OPT_SORT_KEYS
+_NULL = orjson.Fragment(b"null")
+
+
+def now_iso() -> str:
+    """Return the current UTC time as an ISO 8601 string."""
+    return datetime.now(UTC).isoformat()
+
+
+def encode_output(node_id: str, output: Any) -> bytes:
+    """Encode a node output canonically, or raise `NodeOutputError` naming the node."""
+    try:
+        return orjson.dumps(output, option=_SORTED)
+    except TypeError as exc:
+        raise NodeOutputError(node_id, str(exc)) from None
+
+
+@dataclass(frozen=True, slots=True)
+class Capture:
+    """A consistent view of a run, taken on the event loop for a snapshot."""
+
+    records: dict[str, Record]
+    usage: TokenUsage
+    metadata: dict[str, Any]
+
+
+class RunState:
+    """Results and outputs of one run of one plan."""
+
+    def __init__(
+        self, plan: WorkflowPlan, run_id: str, metadata: dict[str, Any] | None = None
+    ) -> None:
+        self.plan = plan
+        self.run_id = run_id
+        self.metadata: dict[str, Any] = dict(metadata or {})
+        self.records: dict[str, Record] = {}
+        self.outputs: dict[str, Any] = {}
+        self.usage = TokenUsage()
+        self._plan_json = orjson.Fragment(orjson.dumps(plan.model_dump(mode="json"), option=_SORTED))
+        self._vibe_json = orjson.Fragment(
+            orjson.dumps(plan.vibe.model_dump(mode="json"), option=_SORTED)
+        )
+
+    # -- building records -------------------------------------------------------------
+    def complete(
+        self, node_id: str, output: Any, *, attempts: int, started_at: str,
+        usage: TokenUsage | None = None,
+    ) -> Record:
+        """Store a completed node (its output is encoded and re-read as JSON) and return it."""
+        encoded = encode_output(node_id, output)
+        self.outputs[node_id] = orjson.loads(encoded)
+        record = _record(node_id, NodeStatus.COMPLETED, orjson.Fragment(encoded), None, attempts,
+                         started_at, usage)
+        return self._store(record, usage)
+
+    def finish_unsuccessfully(
+        self, node_id: str, status: NodeStatus, *, error: dict[str, Any] | None = None,
+        attempts: int = 0, started_at: str | None = None, usage: TokenUsage | None = None,
+    ) -> Record:
+        """Store a failed, skipped or cancelled node and return its record."""
+        return self._store(_record(node_id, status, _NULL, error, attempts, started_at, usage), usage)
+
+    def restore(self, record: Record, *, count_usage: bool) -> None:
+        """Adopt a completed record read back from a checkpoint or the journal.
+
+        Usage already included in the checkpoint's total is not counted again (*count_usage*
+        is true only for journal records written after that checkpoint).
+        """
+        node_id = record["node_id"]
+        output = record.get("output")
+        self.outputs[node_id] = output
+        record = {**record, "output": orjson.Fragment(orjson.dumps(output, option=_SORTED))}
+        self._store(record, _usage_of(record) if count_usage else None)
+
+    def _store(self, record: Record, usage: TokenUsage | None) -> Record:
+        if usage is not None:
+            self.usage = self.usage + usage
+        self.records[record["node_id"]] = record
+        return record
+
+    def is_completed(self, node_id: str) -> bool:
+        """Whether the node has a completed record."""
+        record = self.records.get(node_id)
+        return record is not None and record["status"] == NodeStatus.COMPLETED
+
+    # -- snapshots ----------------------------------------------------------------------
+    def capture(self) -> Capture:
+        """Take a consistent view for a snapshot; cheap (a shallow copy), runs on the loop."""
+        return Capture(dict(self.records), self.usage, dict(self.metadata))
+
+    def snapshot_fields(
+        self, capture: Capture, *, checkpoint_id: str, sequence: int, reason: str
+    ) -> dict[str, Any]:
+        """Return the fields of a checkpoint document for *capture* (run in a worker thread)."""
+        completed, failed, pending = [], [], []
+        for node_id in self.plan.order:
+            status = capture.records.get(node_id, {}).get("status")
+            if status == NodeStatus.COMPLETED:
+                completed.append(node_id)
+            elif status == NodeStatus.FAILED:
+                failed.append(node_id)
+            else:
+                pending.append(node_id)
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "checkpoint_id": checkpoint_id,
+            "sequence": sequence,
+            "plan_id": self.plan.plan_id,
+            "run_id": self.run_id,
+            "created_at": now_iso(),
+            "reason": reason,
+            "vibe": self._vibe_json,
+            "workflow_plan": self._plan_json,
+            "completed_nodes": completed,
+            "pending_nodes": pending,
+            "failed_nodes": failed,
+            "node_results": capture.records,
+            "usage": capture.usage.model_dump(),
+            "metadata": capture.metadata,
+        }
+
+    def node_results(self) -> dict[str, NodeResult]:
+        """Return every node's result as models (pending for nodes without a record)."""
+        results = {}
+        for node in self.plan.nodes:
+            record = self.records.get(node.id)
+            if record is None:
+                results[node.id] = NodeResult(node_id=node.id, status=NodeStatus.PENDING)
+            else:
+                data = {**record, "output": self.outputs.get(node.id)}
+                results[node.id] = NodeResult.model_validate(data)
+        return results
+
+
+def records_from_checkpoint(checkpoint: Checkpoint) -> list[Record]:
+    """Return the completed records of a checkpoint, ready for `RunState.restore`."""
+    return [
+        result.model_dump(mode="json")
+        for result in checkpoint.node_results.values()
+        if result.status == NodeStatus.COMPLETED
+    ]
+
+
+def _record(
+    node_id: str, status: NodeStatus, output: orjson.Fragment, error: dict[str, Any] | None,
+    attempts: int, started_at: str | None, usage: TokenUsage | None,
+) -> Record:
+    return {
+        "node_id": node_id,
+        "status": status.value,
+        "output": output,
+        "error": error,
+        "attempts": attempts,
+        "started_at": started_at,
+        "finished_at": now_iso(),
+        "usage": None if usage is None else usage.model_dump(),
+    }
+
+
+def _usage_of(record: Record) -> TokenUsage | None:
+    usage = record.get("usage")
+    return TokenUsage(**usage) if usage else None

@@ -1,0 +1,1 @@
+"""Running plans: the scheduler, node contexts, retry policy and built-in handlers."""

@@ -1,0 +1,184 @@
+"""The checkpoint and journal codecs (orjson), with integrity checks and schema migration.
+
+A checkpoint document is the canonical JSON (sorted keys) of its fields followed by a
+``checksum`` field holding ``sha256:<hex>`` of those canonical bytes. Decoding re-encodes the
+parsed fields canonically and compares digests, so any changed byte that still parses is caught.
+
+A journal is one record per line: ``<crc32 hex> <json>\\n``. A line that is cut short or fails
+its CRC ends the trusted part of the journal: everything before it is used, nothing after it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import zlib
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pydantic
+
+from .._exceptions import CheckpointCorruptError, PlanValidationError
+from .._models import SCHEMA_VERSION, Checkpoint
+
+__all__ = [
+    "JournalRead",
+    "decode_checkpoint",
+    "decode_journal",
+    "encode_checkpoint",
+    "encode_journal",
+    "peek_summary",
+]
+
+_SORTED = orjson.OPT_SORT_KEYS
+_CHECKSUM_PREFIX = "sha256:"
+
+# Each entry upgrades a raw document from version N to N + 1. Version 1 is the first.
+_MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {}
+
+
+def encode_checkpoint(fields: dict[str, Any]) -> bytes:
+    """Return the bytes of a checkpoint document made of *fields* plus its checksum."""
+    body = orjson.dumps(fields, option=_SORTED)
+    digest = hashlib.sha256(body).hexdigest()
+    return body[:-1] + b',"checksum":"' + (_CHECKSUM_PREFIX + digest).encode() + b'"}'
+
+
+def decode_checkpoint(raw: bytes, path: Path) -> Checkpoint:
+    """Parse, verify and validate a checkpoint document, or raise `CheckpointCorruptError`."""
+    data = _parse_verified(raw, path)
+    try:
+        checkpoint = Checkpoint.model_validate(data)
+    except pydantic.ValidationError as exc:
+        raise CheckpointCorruptError(path, f"does not match the checkpoint schema: {_first(exc)}") from None
+    except PlanValidationError as exc:
+        raise CheckpointCorruptError(path, f"its plan is invalid: {exc}") from None
+    _check_consistency(checkpoint, path)
+    return checkpoint
+
+
+def peek_summary(raw: bytes, path: Path) -> dict[str, Any]:
+    """Return the summary fields of a checkpoint after integrity checks, without full validation."""
+    data = _parse_verified(raw, path)
+    try:
+        return {
+            "checkpoint_id": str(data["checkpoint_id"]),
+            "plan_id": str(data["plan_id"]),
+            "run_id": str(data["run_id"]),
+            "sequence": int(data["sequence"]),
+            "created_at": data["created_at"],
+            "reason": str(data["reason"]),
+            "completed_nodes": len(data["completed_nodes"]),
+            "total_nodes": len(data["workflow_plan"]["nodes"]),
+        }
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointCorruptError(path, f"missing or malformed field {exc}") from None
+
+
+def _parse_verified(raw: bytes, path: Path) -> dict[str, Any]:
+    if not raw:
+        raise CheckpointCorruptError(path, "empty file")
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise CheckpointCorruptError(path, f"not valid JSON (truncated or damaged): {exc}") from None
+    if not isinstance(data, dict):
+        raise CheckpointCorruptError(path, f"top level is a JSON {type(data).__name__}, not an object")
+    version = data.get("schema_version")
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise CheckpointCorruptError(path, "no integer schema_version: not a vibe_planner checkpoint")
+    if version > SCHEMA_VERSION or version < 1:
+        raise CheckpointCorruptError(
+            path,
+            f"unsupported schema_version {version} (this release reads 1 to {SCHEMA_VERSION}; "
+            "a newer vibe_planner may have written it)",
+        )
+    checksum = data.pop("checksum", None)
+    if not isinstance(checksum, str) or not checksum.startswith(_CHECKSUM_PREFIX):
+        raise CheckpointCorruptError(path, "missing or malformed checksum")
+    actual = _CHECKSUM_PREFIX + hashlib.sha256(orjson.dumps(data, option=_SORTED)).hexdigest()
+    if actual != checksum:
+        raise CheckpointCorruptError(path, f"checksum mismatch (stored {checksum}, computed {actual})")
+    data["checksum"] = checksum
+    while data["schema_version"] < SCHEMA_VERSION:
+        data = _MIGRATIONS[data["schema_version"]](data)
+    return data
+
+
+def _check_consistency(cp: Checkpoint, path: Path) -> None:
+    problems = []
+    if path.stem != cp.checkpoint_id:
+        problems.append(f"file name says {path.stem!r} but the document says {cp.checkpoint_id!r}")
+    if cp.workflow_plan.plan_id != cp.plan_id:
+        problems.append(f"plan_id {cp.plan_id!r} differs from its plan's {cp.workflow_plan.plan_id!r}")
+    if path.parent.name != cp.plan_id:
+        problems.append(f"stored in folder {path.parent.name!r} but belongs to plan {cp.plan_id!r}")
+    known = {node.id for node in cp.workflow_plan.nodes}
+    unknown = sorted(set(cp.node_results) - known)
+    if unknown:
+        problems.append(f"results for unknown nodes {unknown[:5]}")
+    for node_id in cp.completed_nodes:
+        result = cp.node_results.get(node_id)
+        if result is None or result.status != "completed":
+            problems.append(f"node {node_id!r} listed as completed without a completed result")
+            break
+    if problems:
+        raise CheckpointCorruptError(path, "; ".join(problems))
+
+
+def _first(exc: pydantic.ValidationError) -> str:
+    error = exc.errors(include_url=False)[0]
+    where = ".".join(str(part) for part in error["loc"]) or "document"
+    more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    return f"{where}: {error['msg']}{more}"
+
+
+def encode_journal(records: Iterable[dict[str, Any]]) -> bytes:
+    """Return journal lines for *records*, each with its CRC."""
+    lines = []
+    for record in records:
+        payload = orjson.dumps(record, option=_SORTED)
+        lines.append(b"%08x %s\n" % (zlib.crc32(payload), payload))
+    return b"".join(lines)
+
+
+class JournalRead:
+    """The trusted records of a journal and what was ignored after them."""
+
+    def __init__(self, records: list[dict[str, Any]], ignored_bytes: int, problem: str | None) -> None:
+        self.records = records
+        """Records up to the first damaged line."""
+        self.ignored_bytes = ignored_bytes
+        """Bytes after the trusted part (a torn tail or damage), not used."""
+        self.problem = problem
+        """Why the rest was ignored, if anything was."""
+
+
+def decode_journal(raw: bytes) -> JournalRead:
+    """Parse journal bytes, trusting records up to the first torn or damaged line."""
+    records: list[dict[str, Any]] = []
+    position = 0
+    while position < len(raw):
+        end = raw.find(b"\n", position)
+        if end < 0:
+            return JournalRead(records, len(raw) - position, "torn last record (no newline)")
+        record = _decode_line(raw[position:end])
+        if record is None:
+            return JournalRead(records, len(raw) - position, f"damaged record at byte {position}")
+        records.append(record)
+        position = end + 1
+    return JournalRead(records, 0, None)
+
+
+def _decode_line(line: bytes) -> dict[str, Any] | None:
+    if len(line) < 10 or line[8:9] != b" ":
+        return None
+    payload = line[9:]
+    try:
+        if int(line[:8], 16) != zlib.crc32(payload):
+            return None
+        record = orjson.loads(payload)
+    except (ValueError, orjson.JSONDecodeError):
+        return None
+    return record if isinstance(record, dict) else None

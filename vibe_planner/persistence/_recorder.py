@@ -1,0 +1,165 @@
+"""`RunRecorder`: the one background writer that makes a run durable.
+
+The scheduler reports each finished node with a cheap, synchronous call. The recorder's loop
+(a task in the run's task group) gathers what piled up since its last write and hands it to a
+worker thread in one batch: the journal records first (one append, one fsync for all of them),
+then at most one snapshot. Snapshot requests coalesce: if several pile up while the thread is
+busy, one snapshot of the newest state is written, under the most important reason asked for.
+
+Invariant: a snapshot's state is captured on the event loop right after the batch's journal
+records are taken, so it contains every record written to the journal so far, and the journal
+can be emptied once the snapshot is durable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Literal
+
+import anyio
+import anyio.to_thread
+
+from .._models import CheckpointReason
+from .._state import Capture, Record, RunState
+from ._codec import encode_checkpoint, encode_journal
+from ._manager import WorkflowPersistenceManager, journal_name
+
+__all__ = ["Durability", "RunRecorder"]
+
+Durability = Literal["journal", "interval", "none"]
+"""How much a crash may lose.
+
+- ``journal`` (default): nothing that completed: each completion is appended to the plan's
+  journal (concurrent completions share one fsync) besides the snapshots.
+- ``interval``: up to ``checkpoint_interval - 1`` completed nodes (snapshots only).
+- ``none``: everything; no files are written (useful for tests and benchmarks).
+"""
+
+_PRIORITY: dict[str, int] = {
+    "interval": 0, "manual": 1, "planned": 2, "resumed": 2, "failure": 3, "final": 4, "cancelled": 5,
+}
+
+
+class RunRecorder:
+    """Writes the journal and snapshots of one run, off the event loop."""
+
+    def __init__(
+        self,
+        manager: WorkflowPersistenceManager | None,
+        state: RunState,
+        *,
+        durability: Durability,
+        interval: int | None,
+        on_checkpoint: Callable[[str, str], None] | None = None,
+    ) -> None:
+        self._manager = manager
+        self._state = state
+        self.enabled = manager is not None and durability != "none"
+        self._journal_on = self.enabled and durability == "journal"
+        self._interval = interval
+        self._on_checkpoint = on_checkpoint
+        self._records: list[Record] = []
+        self._finished_since_snapshot = 0
+        self._reason: str | None = None
+        self._requested = 0
+        self._written = 0
+        self._wake = anyio.Event()
+        self._progress = anyio.Event()
+        self._closing = False
+        self._failure: BaseException | None = None
+        self.written: list[str] = []
+        """Ids of the checkpoints written, oldest first."""
+
+    # -- called by the scheduler, on the event loop ------------------------------------------
+    def node_finished(self, record: Record) -> None:
+        """Note a node that completed or failed; journal it and snapshot every N of them."""
+        if not self.enabled:
+            return
+        if self._journal_on and record["status"] == "completed":
+            self._records.append(record)
+            self._wake.set()
+        self._finished_since_snapshot += 1
+        if self._interval and self._finished_since_snapshot >= self._interval:
+            self.request("interval")
+
+    def request(self, reason: CheckpointReason) -> int:
+        """Ask for a snapshot without waiting; return the request's generation."""
+        if self._reason is None or _PRIORITY[reason] >= _PRIORITY[self._reason]:
+            self._reason = reason
+        self._finished_since_snapshot = 0
+        self._requested += 1
+        self._wake.set()
+        return self._requested
+
+    async def checkpoint(self, reason: CheckpointReason) -> str | None:
+        """Write a snapshot of the current state and wait until it is durable; return its id."""
+        if not self.enabled:
+            return None
+        generation = self.request(reason)
+        while self._written < generation:
+            if self._failure is not None:
+                raise self._failure
+            await self._progress.wait()
+        return self.written[-1]
+
+    def close(self) -> None:
+        """Let the writer loop finish what is queued and end."""
+        self._closing = True
+        self._wake.set()
+
+    # -- the writer loop ----------------------------------------------------------------------
+    async def run(self) -> None:
+        """Write batches until closed. Shielded: a cancelled run still gets its last writes."""
+        with anyio.CancelScope(shield=True):
+            while True:
+                await self._wake.wait()
+                self._wake = anyio.Event()
+                if not self._records and self._reason is None:
+                    if self._closing:
+                        return
+                    continue
+                await self._write_batch()
+
+    async def _write_batch(self) -> None:
+        records, self._records = self._records, []
+        reason, self._reason = self._reason, None
+        target = self._requested
+        capture = self._state.capture() if reason is not None else None
+        try:
+            checkpoint_id = await anyio.to_thread.run_sync(self._commit, records, capture, reason)
+        except BaseException as exc:
+            self._failure = exc
+            self._notify()
+            raise
+        if checkpoint_id is not None and reason is not None:
+            self.written.append(checkpoint_id)
+            self._written = target
+            if self._on_checkpoint is not None:
+                self._on_checkpoint(checkpoint_id, reason)
+        self._notify()
+
+    def _notify(self) -> None:
+        progress, self._progress = self._progress, anyio.Event()
+        progress.set()
+
+    def _commit(self, records: list[Record], capture: Capture | None, reason: str | None) -> str | None:
+        """Runs in a worker thread: journal append, then snapshot, then journal compaction."""
+        assert self._manager is not None
+        store, state = self._manager.store, self._state
+        plan_id, run_id = state.plan.plan_id, state.run_id
+        journal = journal_name(run_id)
+        if records:
+            store.append(plan_id, journal, encode_journal({"run": run_id, "result": r} for r in records))
+        if capture is None or reason is None:
+            return None
+
+        def encode(checkpoint_id: str, sequence: int) -> bytes:
+            fields = state.snapshot_fields(
+                capture, checkpoint_id=checkpoint_id, sequence=sequence, reason=reason
+            )
+            return encode_checkpoint(fields)
+
+        checkpoint_id = self._manager.write_snapshot_sync(plan_id, run_id, encode)
+        if self._journal_on:
+            store.truncate(plan_id, journal)
+        return checkpoint_id

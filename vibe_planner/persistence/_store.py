@@ -1,0 +1,314 @@
+"""Where checkpoint bytes live: the `CheckpointStore` interface and its file implementation.
+
+Stores are synchronous on purpose: the persistence manager calls them from a worker thread,
+one batch (journal append + snapshot + compaction) per thread hop, so the event loop never
+touches the disk and a batch costs one hop instead of one per operation.
+
+The file layout is::
+
+    <root>/<plan_id>/cp-<sequence>-<suffix>.json     a snapshot (checkpoint document)
+    <root>/<plan_id>/journal-<run_id>.jsonl         completions since the run's last snapshot
+    <root>/<plan_id>/.lock                          held (flock) by the process running the plan
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import secrets
+import stat
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from pathlib import Path
+
+from .._exceptions import (
+    CheckpointCorruptError,
+    CheckpointNotFoundError,
+    CheckpointWriteError,
+)
+from .._ids import CHECKPOINT_ID, check_plan_id
+from ._lock import PlanLock
+
+__all__ = ["CheckpointStore", "FileCheckpointStore"]
+
+_FILE_MODE = 0o600
+_DIR_MODE = 0o700
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+
+
+class CheckpointStore(ABC):
+    """Byte storage for checkpoints and journals, keyed by validated ids.
+
+    Implementations are called from worker threads and must be thread-safe for different
+    plans; calls for one plan are serialised by the caller.
+    """
+
+    @abstractmethod
+    def location(self, plan_id: str, name: str | None = None) -> Path:
+        """Return the path (or pseudo-path) of a plan folder or of a file in it, for messages."""
+
+    @abstractmethod
+    def list_plans(self) -> list[str]:
+        """Return the ids of plans that have a folder."""
+
+    @abstractmethod
+    def list_checkpoints(self, plan_id: str) -> list[str]:
+        """Return the checkpoint ids of a plan, in no particular order."""
+
+    @abstractmethod
+    def read(self, plan_id: str, name: str) -> bytes:
+        """Return a file's bytes; `CheckpointNotFoundError` if absent."""
+
+    @abstractmethod
+    def size(self, plan_id: str, name: str) -> int:
+        """Return a file's size in bytes."""
+
+    @abstractmethod
+    def write_atomic(self, plan_id: str, name: str, data: bytes) -> None:
+        """Create a new file with *data* so that it is either absent or complete after a crash."""
+
+    @abstractmethod
+    def append(self, plan_id: str, name: str, data: bytes) -> None:
+        """Append *data* to a file durably (creating it if needed)."""
+
+    @abstractmethod
+    def truncate(self, plan_id: str, name: str) -> None:
+        """Empty a file durably if it exists."""
+
+    @abstractmethod
+    def delete(self, plan_id: str, name: str) -> None:
+        """Delete a file; missing files are fine."""
+
+    @abstractmethod
+    def list_names(self, plan_id: str, prefix: str) -> list[str]:
+        """Return file names of a plan folder starting with *prefix*."""
+
+    @abstractmethod
+    def delete_plan(self, plan_id: str) -> None:
+        """Delete a plan's folder and everything in it."""
+
+    @abstractmethod
+    def lock(self, plan_id: str) -> PlanLock:
+        """Take the plan's run lock without waiting, or raise `PlanLockedError`."""
+
+
+class FileCheckpointStore(CheckpointStore):
+    """Checkpoints as files: owner-only, crash-safe (temp + fsync + rename + fsync folder).
+
+    Args:
+        root: The checkpoint folder, created (mode 0700) on first write.
+    """
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+
+    def location(self, plan_id: str, name: str | None = None) -> Path:  # noqa: D102
+        folder = self.root / plan_id
+        return folder if name is None else folder / name
+
+    def list_plans(self) -> list[str]:  # noqa: D102
+        try:
+            entries = list(os.scandir(self.root))
+        except FileNotFoundError:
+            return []
+        return sorted(e.name for e in entries if e.is_dir(follow_symlinks=False) and _is_plan(e.name))
+
+    def list_checkpoints(self, plan_id: str) -> list[str]:  # noqa: D102
+        names = self.list_names(plan_id, "cp-")
+        return [n[:-5] for n in names if n.endswith(".json") and CHECKPOINT_ID.fullmatch(n[:-5])]
+
+    def list_names(self, plan_id: str, prefix: str) -> list[str]:  # noqa: D102
+        try:
+            return [n for n in os.listdir(self._folder(plan_id)) if n.startswith(prefix)]
+        except FileNotFoundError:
+            return []
+
+    def read(self, plan_id: str, name: str) -> bytes:  # noqa: D102
+        path = self.location(plan_id, name)
+        try:
+            fd = os.open(path, os.O_RDONLY | _NOFOLLOW | _CLOEXEC)
+        except FileNotFoundError:
+            raise CheckpointNotFoundError(_strip_json(name), plan_id) from None
+        except OSError as exc:
+            raise CheckpointCorruptError(path, _describe_open_error(path, exc)) from None
+        with os.fdopen(fd, "rb") as file:
+            mode = os.fstat(fd).st_mode
+            if stat.S_ISDIR(mode):
+                raise CheckpointCorruptError(path, "is a directory, not a file")
+            if not stat.S_ISREG(mode):
+                raise CheckpointCorruptError(path, "not a regular file")
+            return file.read()
+
+    def size(self, plan_id: str, name: str) -> int:  # noqa: D102
+        try:
+            return os.lstat(self.location(plan_id, name)).st_size
+        except FileNotFoundError:
+            return 0
+
+    def write_atomic(self, plan_id: str, name: str, data: bytes) -> None:  # noqa: D102
+        folder = self._folder(plan_id, create=True)
+        final = folder / name
+        temp = folder / f".{name}.tmp-{secrets.token_hex(4)}"
+        try:
+            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC, _FILE_MODE)
+            try:
+                _write_all(fd, data)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            if os.path.lexists(final):
+                raise FileExistsError(errno.EEXIST, "a checkpoint with this name already exists")
+            os.replace(temp, final)
+            _fsync_dir(folder)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(temp)
+            raise CheckpointWriteError(final, _os_reason(exc), errno_=exc.errno) from exc
+
+    def append(self, plan_id: str, name: str, data: bytes) -> None:  # noqa: D102
+        folder = self._folder(plan_id, create=True)
+        path = folder / name
+        created = not os.path.lexists(path)
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | _NOFOLLOW | _CLOEXEC
+        try:
+            fd = os.open(path, flags, _FILE_MODE)
+            try:
+                _write_all(fd, data)
+                os.fdatasync(fd)
+            finally:
+                os.close(fd)
+            if created:
+                _fsync_dir(folder)
+        except OSError as exc:
+            raise CheckpointWriteError(path, _os_reason(exc), errno_=exc.errno) from exc
+
+    def truncate(self, plan_id: str, name: str) -> None:  # noqa: D102
+        path = self.location(plan_id, name)
+        try:
+            fd = os.open(path, os.O_WRONLY | _NOFOLLOW | _CLOEXEC)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise CheckpointWriteError(path, _os_reason(exc), errno_=exc.errno) from exc
+        try:
+            os.ftruncate(fd, 0)
+            os.fsync(fd)
+        except OSError as exc:
+            raise CheckpointWriteError(path, _os_reason(exc), errno_=exc.errno) from exc
+        finally:
+            os.close(fd)
+
+    def delete(self, plan_id: str, name: str) -> None:  # noqa: D102
+        path = self.location(plan_id, name)
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise CheckpointWriteError(path, _os_reason(exc), errno_=exc.errno) from exc
+        _fsync_dir(path.parent)
+
+    def delete_plan(self, plan_id: str) -> None:  # noqa: D102
+        folder = self._folder(plan_id)
+        try:
+            names = os.listdir(folder)
+        except FileNotFoundError:
+            return
+        for name in names:
+            path = folder / name
+            if os.path.isdir(path) and not os.path.islink(path):
+                raise CheckpointWriteError(path, "unexpected folder inside a plan folder; not deleted")
+        for name in names:
+            os.unlink(folder / name)
+        os.rmdir(folder)
+
+    def lock(self, plan_id: str) -> PlanLock:  # noqa: D102
+        folder = self._folder(plan_id, create=True)
+        lock = PlanLock.acquire(plan_id, folder / ".lock")
+        self._remove_stale_temps(folder)
+        return lock
+
+    def _remove_stale_temps(self, folder: Path) -> None:
+        # Only the lock holder writes, so a temp file seen under the lock is a crashed write.
+        for name in os.listdir(folder):
+            if name.startswith(".cp-") and ".tmp-" in name:
+                with contextlib.suppress(OSError):
+                    os.unlink(folder / name)
+
+    def _folder(self, plan_id: str, *, create: bool = False) -> Path:
+        check_plan_id(plan_id)
+        folder = self.root / plan_id
+        if create:
+            _make_private_dir(self.root)
+            _make_private_dir(folder)
+        elif os.path.islink(folder):
+            raise CheckpointCorruptError(folder, "plan folder is a symlink; refusing to follow it")
+        return folder
+
+    def iter_files(self, plan_id: str) -> Iterator[Path]:
+        """Yield every file of a plan folder (for verification tools)."""
+        for name in sorted(self.list_names(plan_id, "")):
+            yield self._folder(plan_id) / name
+
+
+def _is_plan(name: str) -> bool:
+    try:
+        check_plan_id(name)
+    except ValueError:
+        return False
+    return True
+
+
+def _strip_json(name: str) -> str:
+    return name[:-5] if name.endswith(".json") else name
+
+
+def _make_private_dir(path: Path) -> None:
+    try:
+        os.mkdir(path, _DIR_MODE)
+    except FileExistsError:
+        if os.path.islink(path) or not os.path.isdir(path):
+            raise CheckpointWriteError(path, "exists but is not a plain folder") from None
+        return
+    except OSError as exc:
+        raise CheckpointWriteError(path, _os_reason(exc), errno_=exc.errno) from exc
+    if path.parent.exists():
+        _fsync_dir(path.parent)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | _CLOEXEC)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        # Some filesystems refuse fsync on folders; the rename is still atomic there.
+        if exc.errno not in (errno.EINVAL, errno.EBADF, errno.ENOTSUP):
+            raise
+    finally:
+        os.close(fd)
+
+
+def _os_reason(exc: OSError) -> str:
+    if exc.errno is not None:
+        return f"{os.strerror(exc.errno)} ({errno.errorcode.get(exc.errno, exc.errno)})"
+    return str(exc)
+
+
+def _describe_open_error(path: Path, exc: OSError) -> str:
+    if exc.errno == errno.ELOOP:
+        return "is a symlink; refusing to follow it"
+    if exc.errno == errno.EISDIR:
+        return "is a directory, not a file"
+    return _os_reason(exc)
