@@ -15,7 +15,7 @@ __all__ = ["MAX_ID_LENGTH", "check_checkpoint_id", "check_node_id", "check_plan_
 MAX_ID_LENGTH = 128
 _PLAN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 _NODE_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:-]*")
-CHECKPOINT_ID = re.compile(r"cp-(\d{8,})-([0-9a-f]{12})")
+CHECKPOINT_ID = re.compile(r"cp-([0-9]{8,})-([0-9a-f]{12})")
 
 
 def _check(kind: str, value: object, pattern: re.Pattern[str]) -> str:

@@ -1,0 +1,43 @@
+"""Project tasks: `nox` runs tests, lint and typecheck; `nox -s docs`, `nox -s bench` on demand."""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.default_venv_backend = "venv"
+nox.options.sessions = ["tests", "lint", "typecheck"]
+nox.options.reuse_existing_virtualenvs = False
+
+PYTHON = ["3.11"]
+
+
+@nox.session(python=False)
+def tests(session: nox.Session) -> None:
+    """Run the whole test suite (installs the package and test tools into a fresh venv)."""
+    venv = ".nox/tests-env"
+    session.run("python3", "-m", "venv", "--clear", venv, external=True)
+    pip = f"{venv}/bin/pip"
+    session.run(pip, "install", "-q", "--upgrade", "pip", external=True)
+    session.run(pip, "install", "-q", "-e", ".[test]", external=True)
+    session.run(f"{venv}/bin/python", "-m", "pytest", *session.posargs, external=True)
+
+
+@nox.session(python=PYTHON)
+def lint(session: nox.Session) -> None:
+    """Ruff: lint and docstring rules."""
+    session.install("ruff>=0.6")
+    session.run("ruff", "check", ".")
+
+
+@nox.session(python=PYTHON)
+def typecheck(session: nox.Session) -> None:
+    """Mypy in strict mode on the package."""
+    session.install("mypy>=1.10", "-e", ".[test]")
+    session.run("mypy", "vibe_planner")
+
+
+@nox.session(python=PYTHON)
+def docs(session: nox.Session) -> None:
+    """Run every code example of docs/ and the README."""
+    session.install("-e", ".[test]")
+    session.run("pytest", "tests/test_docs.py", *session.posargs)

@@ -1,0 +1,57 @@
+"""A plan runner meant to be SIGKILLed: every node body appends its id to a side-effect log.
+
+Usage: python tests/crash_worker.py CHECKPOINT_DIR LOG_PATH SIZE SEED [DELAY] [INTERVAL] [DURABILITY]
+
+It runs `execute_with_resume` on a seeded random DAG, so running it again after a kill resumes.
+Node outputs are a pure function of the node id and its inputs, so a run that was killed and
+resumed must end with the same outputs as one that never crashed. Prints the final outputs'
+digest as the last line of stdout.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+from pathlib import Path
+
+import anyio
+import orjson
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tests.helpers import StaticPlanner, random_dag  # noqa: E402
+from vibe_planner import MetaPlanner, NodeContext, Vibe, WorkflowPersistenceManager  # noqa: E402
+
+
+def main() -> None:
+    checkpoint_dir, log_path, size, seed = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+    delay = float(sys.argv[5]) if len(sys.argv) > 5 else 0.002
+    interval = int(sys.argv[6]) if len(sys.argv) > 6 else 5
+    durability = sys.argv[7] if len(sys.argv) > 7 else "journal"
+    log = open(log_path, "ab", buffering=0)  # noqa: SIM115 - lives as long as the process
+
+    async def work(ctx: NodeContext) -> str:
+        await anyio.sleep(delay)
+        # The side effect: a line per execution, written before the node reports completion.
+        log.write(f"{ctx.node.id}\n".encode())
+        digest = hashlib.sha256(orjson.dumps([ctx.node.id, ctx.inputs], option=orjson.OPT_SORT_KEYS))
+        return digest.hexdigest()[:16]
+
+    planner = MetaPlanner(
+        planner=StaticPlanner(random_dag(size, seed)),
+        handlers={"work": work},
+        persistence_manager=WorkflowPersistenceManager(checkpoint_dir),
+        checkpoint_interval=interval,
+        durability=durability,  # type: ignore[arg-type]
+        max_concurrency=8,
+    )
+    result = anyio.run(planner.execute_with_resume, Vibe(description=f"crash test {size} {seed}"))
+    outputs = {k: r.output for k, r in result.node_results.items()}
+    print(result.status, result.nodes_run, result.nodes_restored)
+    print(hashlib.sha256(orjson.dumps(outputs, option=orjson.OPT_SORT_KEYS)).hexdigest())
+    os.fsync(log.fileno())
+
+
+if __name__ == "__main__":
+    main()

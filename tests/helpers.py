@@ -1,0 +1,38 @@
+"""Shared test helpers: hand-built plans and a planner that returns them."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+
+from vibe_planner import Vibe, WorkflowNode, WorkflowPlan
+
+
+class StaticPlanner:
+    """A planner returning a fixed list of nodes for any vibe (counts its calls)."""
+
+    name = "static"
+
+    def __init__(self, nodes: Sequence[WorkflowNode]) -> None:
+        self.nodes = list(nodes)
+        self.calls = 0
+
+    async def plan(self, vibe: Vibe) -> WorkflowPlan:
+        self.calls += 1
+        return WorkflowPlan(plan_id=vibe.default_plan_id(), vibe=vibe, nodes=self.nodes,
+                            planner=self.name)
+
+
+def node(node_id: str, *deps: str, kind: str = "work", **params: object) -> WorkflowNode:
+    return WorkflowNode(id=node_id, kind=kind, depends_on=list(deps), parameters=dict(params))
+
+
+def random_dag(size: int, seed: int, *, kind: str = "work", max_deps: int = 3) -> list[WorkflowNode]:
+    """A seeded random DAG: node i depends on up to *max_deps* earlier nodes."""
+    rng = random.Random(seed)
+    nodes = []
+    for i in range(size):
+        count = rng.randint(0, min(i, max_deps))
+        deps = sorted(rng.sample(range(i), count))
+        nodes.append(WorkflowNode(id=f"n{i:05d}", kind=kind, depends_on=[f"n{d:05d}" for d in deps]))
+    return nodes

@@ -1,0 +1,251 @@
+"""The scheduler: eager starts, concurrency limit, retries, timeouts, failure policies."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from tests.helpers import StaticPlanner, node
+from vibe_planner import (
+    MetaPlanner,
+    NodeContext,
+    NodeError,
+    NodeStatus,
+    PlanValidationError,
+    RetryPolicy,
+    WorkflowPersistenceManager,
+)
+
+pytestmark = pytest.mark.anyio
+
+FAST_RETRY = RetryPolicy(max_attempts=3, initial_delay=0.001, max_delay=0.01)
+
+
+def make(tmp_path: Path, nodes: list[Any], handlers: dict[str, Any], **kwargs: Any) -> MetaPlanner:
+    kwargs.setdefault("retry", FAST_RETRY)
+    return MetaPlanner(
+        planner=StaticPlanner(nodes),
+        handlers=handlers,
+        persistence_manager=WorkflowPersistenceManager(tmp_path / "cp"),
+        **kwargs,
+    )
+
+
+async def test_fast_branch_is_not_held_back_by_a_slow_one(tmp_path: Path) -> None:
+    # The slow node can only finish once the *last* node of the fast chain has run. A scheduler
+    # working in lock-step waves would wait for "slow" before starting fast-2, and deadlock.
+    fast_done = anyio.Event()
+    order: list[str] = []
+
+    async def work(ctx: NodeContext) -> str:
+        if ctx.node.id == "slow":
+            await fast_done.wait()
+        elif ctx.node.id == "fast-5":
+            fast_done.set()
+        order.append(ctx.node.id)
+        return ctx.node.id
+
+    nodes = [node("slow"), node("fast-1")] + [node(f"fast-{i}", f"fast-{i - 1}") for i in range(2, 6)]
+    nodes.append(node("join", "slow", "fast-5"))
+    planner = make(tmp_path, nodes, {"work": work})
+    with anyio.fail_after(10):
+        result = await planner.execute("uneven")
+    assert result.status == "completed"
+    assert order.index("fast-5") < order.index("slow") < order.index("join")
+
+
+async def test_uneven_durations_overlap(tmp_path: Path) -> None:
+    # A fast chain of 4 x 10 ms runs while a 300 ms node is in flight: the fast sink finishes
+    # long before the slow node, so its finish time is well under the slow node's.
+    finished: dict[str, float] = {}
+
+    async def work(ctx: NodeContext) -> None:
+        await anyio.sleep(float(ctx.node.parameters["t"]))  # type: ignore[arg-type]
+        finished[ctx.node.id] = anyio.current_time()
+
+    nodes = [node("slow", t=0.3), node("f1", t=0.01), node("f2", "f1", t=0.01),
+             node("f3", "f2", t=0.01), node("f4", "f3", t=0.01)]
+    await make(tmp_path, nodes, {"work": work}).execute("overlap")
+    assert finished["f4"] < finished["slow"]
+
+
+async def test_max_concurrency_is_respected_and_reached(tmp_path: Path) -> None:
+    running = 0
+    peak = 0
+    gate = anyio.Event()
+
+    async def work(ctx: NodeContext) -> None:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        if peak == 4:
+            gate.set()
+        await gate.wait()
+        running -= 1
+
+    nodes = [node(f"n{i}") for i in range(20)]
+    result = await make(tmp_path, nodes, {"work": work}, max_concurrency=4).execute("limit")
+    assert result.status == "completed"
+    assert peak == 4
+
+
+async def test_retries_then_succeeds_with_attempt_numbers(tmp_path: Path) -> None:
+    seen: list[int] = []
+
+    async def flaky(ctx: NodeContext) -> str:
+        seen.append(ctx.attempt)
+        if ctx.attempt < 3:
+            raise ConnectionError("transient")
+        return "ok"
+
+    result = await make(tmp_path, [node("a", kind="flaky")], {"flaky": flaky}).execute("retry")
+    assert seen == [1, 2, 3]
+    assert result.node_results["a"].status == NodeStatus.COMPLETED
+    assert result.node_results["a"].attempts == 3
+
+
+async def test_backoff_waits_between_attempts(tmp_path: Path) -> None:
+    times: list[float] = []
+
+    async def failing(ctx: NodeContext) -> None:
+        times.append(anyio.current_time())
+        raise RuntimeError("nope")
+
+    retry = RetryPolicy(max_attempts=3, initial_delay=0.05, multiplier=2, jitter=0)
+    result = await make(tmp_path, [node("a", kind="f")], {"f": failing}, retry=retry).execute("x")
+    assert result.status == "failed"
+    assert times[1] - times[0] >= 0.045
+    assert times[2] - times[1] >= 0.095
+
+
+async def test_permanent_error_fails_at_once(tmp_path: Path) -> None:
+    calls = 0
+
+    async def bad(ctx: NodeContext) -> None:
+        nonlocal calls
+        calls += 1
+        raise NodeError("401 unauthorized", retryable=False)
+
+    result = await make(tmp_path, [node("a", kind="bad")], {"bad": bad}).execute("perm")
+    assert calls == 1
+    error = result.node_results["a"].error
+    assert error is not None and error.type == "NodeError" and not error.retryable
+
+
+async def test_timeout_per_node(tmp_path: Path) -> None:
+    async def hang(ctx: NodeContext) -> None:
+        await anyio.sleep_forever()
+
+    nodes = [node("a", kind="hang").model_copy(update={"timeout": 0.05, "max_attempts": 2})]
+    with anyio.fail_after(5):
+        result = await make(tmp_path, nodes, {"hang": hang}).execute("timeout")
+    record = result.node_results["a"]
+    assert record.status == NodeStatus.FAILED
+    assert record.attempts == 2
+    assert record.error is not None and record.error.type == "TimeoutError"
+
+
+async def test_failure_skips_dependents_and_keeps_independent_branches(tmp_path: Path) -> None:
+    async def work(ctx: NodeContext) -> str:
+        if ctx.node.id == "bad":
+            raise NodeError("broken", retryable=False)
+        return ctx.node.id
+
+    nodes = [node("bad"), node("child", "bad"), node("grandchild", "child"),
+             node("other"), node("other-2", "other")]
+    result = await make(tmp_path, nodes, {"work": work}).execute("partial")
+    statuses = {k: r.status for k, r in result.node_results.items()}
+    assert result.status == "failed"
+    assert statuses == {"bad": "failed", "child": "skipped", "grandchild": "skipped",
+                        "other": "completed", "other-2": "completed"}
+    assert result.failed_nodes == ["bad"]
+
+
+async def test_fail_fast_cancels_the_rest(tmp_path: Path) -> None:
+    async def work(ctx: NodeContext) -> None:
+        if ctx.node.id == "bad":
+            raise NodeError("broken", retryable=False)
+        await anyio.sleep_forever()
+
+    nodes = [node("bad"), node("hang-1"), node("hang-2"), node("after", "hang-1")]
+    with anyio.fail_after(5):
+        result = await make(tmp_path, nodes, {"work": work}, fail_fast=True).execute("ff")
+    statuses = {k: r.status for k, r in result.node_results.items()}
+    assert result.status == "failed"
+    assert statuses == {"bad": "failed", "hang-1": "cancelled", "hang-2": "cancelled",
+                        "after": "pending"}
+
+
+async def test_context_carries_inputs_vibe_and_idempotency_key(tmp_path: Path) -> None:
+    contexts: dict[str, NodeContext] = {}
+
+    async def work(ctx: NodeContext) -> dict[str, Any]:
+        contexts[ctx.node.id] = ctx
+        return {"from": ctx.node.id, "n": len(ctx.inputs)}
+
+    nodes = [node("a"), node("b"), node("c", "a", "b")]
+    result = await make(tmp_path, nodes, {"work": work}).execute("ctx")
+    c = contexts["c"]
+    assert c.inputs == {"a": {"from": "a", "n": 0}, "b": {"from": "b", "n": 0}}
+    assert c.vibe.description == "ctx"
+    assert c.idempotency_key == f"{result.plan_id}:c"
+    assert c.attempt == 1
+    assert result.outputs == {"c": {"from": "c", "n": 2}}
+
+
+async def test_output_that_is_not_json_fails_the_node_with_its_name(tmp_path: Path) -> None:
+    async def work(ctx: NodeContext) -> object:
+        return {"when": object()}
+
+    result = await make(tmp_path, [node("weird")], {"work": work}).execute("json")
+    error = result.node_results["weird"].error
+    assert error is not None and error.type == "NodeOutputError"
+    assert "'weird'" in error.message
+    assert result.node_results["weird"].attempts == 1
+
+
+async def test_unknown_kind_is_rejected_before_running(tmp_path: Path) -> None:
+    planner = make(tmp_path, [node("a", kind="mystery")], {})
+    with pytest.raises(PlanValidationError) as info:
+        await planner.execute("kinds")
+    assert info.value.node_ids == ["a"]
+    assert "mystery" in str(info.value)
+
+
+async def test_cancellation_writes_a_cancelled_checkpoint_and_propagates(tmp_path: Path) -> None:
+    started = anyio.Event()
+
+    async def work(ctx: NodeContext) -> str:
+        if ctx.node.id == "hang":
+            started.set()
+            await anyio.sleep_forever()
+        return ctx.node.id
+
+    manager = WorkflowPersistenceManager(tmp_path / "cp")
+    planner = MetaPlanner(planner=StaticPlanner([node("quick"), node("hang", "quick")]),
+                          handlers={"work": work}, persistence_manager=manager)
+    outcome: list[str] = []
+
+    async def run() -> None:
+        try:
+            await planner.execute("cancel me")
+        except anyio.get_cancelled_exc_class():
+            outcome.append("cancelled")
+            raise
+        outcome.append("returned")
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(run)
+            await started.wait()
+            tg.cancel_scope.cancel()
+    assert outcome == ["cancelled"]
+    infos = await manager.list_checkpoints()
+    assert infos[0].reason == "cancelled"
+    checkpoint = await manager.get_checkpoint(infos[0].checkpoint_id)
+    assert checkpoint.completed_nodes == ["quick"]
+    assert checkpoint.node_results["hang"].status == NodeStatus.CANCELLED
+    assert checkpoint.pending_nodes == ["hang"]
