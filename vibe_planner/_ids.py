@@ -29,7 +29,9 @@ def _check(kind: str, value: object, pattern: re.Pattern[str]) -> str:
         raise InvalidIdentifierError(kind, value, "contains a NUL byte")
     if "/" in value or "\\" in value:
         raise InvalidIdentifierError(kind, value, "contains a path separator")
-    if value in (".", "..") or ".." in value:
+    if value == ".":
+        raise InvalidIdentifierError(kind, value, "is '.'")
+    if ".." in value:
         raise InvalidIdentifierError(kind, value, "contains '..'")
     if not pattern.fullmatch(value):
         raise InvalidIdentifierError(

@@ -16,18 +16,27 @@ from typing import Any
 import orjson
 
 from ._exceptions import NodeOutputError
-from ._models import SCHEMA_VERSION, Checkpoint, NodeResult, NodeStatus, TokenUsage, WorkflowPlan
+from ._models import (
+    SCHEMA_VERSION,
+    Checkpoint,
+    ErrorInfo,
+    NodeResult,
+    NodeStatus,
+    TokenUsage,
+    WorkflowPlan,
+)
 
-__all__ = ["Capture", "Record", "RunState", "now_iso"]
+__all__ = ["Capture", "Record", "RunState", "utcnow"]
 
 Record = dict[str, Any]
 _SORTED = orjson.OPT_SORT_KEYS
 _NULL = orjson.Fragment(b"null")
+_IMMUTABLE = (str, int, bool, type(None))  # round-trip through JSON unchanged (floats may not)
 
 
-def now_iso() -> str:
-    """Return the current UTC time as an ISO 8601 string."""
-    return datetime.now(UTC).isoformat()
+def utcnow() -> datetime:
+    """Return the current time (UTC); records keep datetimes and orjson writes them as RFC 3339."""
+    return datetime.now(UTC)
 
 
 def encode_output(node_id: str, output: Any) -> bytes:
@@ -66,19 +75,21 @@ class RunState:
 
     # -- building records -------------------------------------------------------------
     def complete(
-        self, node_id: str, output: Any, *, attempts: int, started_at: str,
+        self, node_id: str, output: Any, *, attempts: int, started_at: datetime,
         usage: TokenUsage | None = None,
     ) -> Record:
         """Store a completed node (its output is encoded and re-read as JSON) and return it."""
         encoded = encode_output(node_id, output)
-        self.outputs[node_id] = orjson.loads(encoded)
+        # Dependents see the output as it will read back from a checkpoint (tuples become
+        # lists, ...), so a resumed run computes exactly what a fresh one would.
+        self.outputs[node_id] = output if type(output) in _IMMUTABLE else orjson.loads(encoded)
         record = _record(node_id, NodeStatus.COMPLETED, orjson.Fragment(encoded), None, attempts,
                          started_at, usage)
         return self._store(record, usage)
 
     def finish_unsuccessfully(
         self, node_id: str, status: NodeStatus, *, error: dict[str, Any] | None = None,
-        attempts: int = 0, started_at: str | None = None, usage: TokenUsage | None = None,
+        attempts: int = 0, started_at: datetime | None = None, usage: TokenUsage | None = None,
     ) -> Record:
         """Store a failed, skipped or cancelled node and return its record."""
         return self._store(_record(node_id, status, _NULL, error, attempts, started_at, usage), usage)
@@ -92,7 +103,12 @@ class RunState:
         node_id = record["node_id"]
         output = record.get("output")
         self.outputs[node_id] = output
-        record = {**record, "output": orjson.Fragment(orjson.dumps(output, option=_SORTED))}
+        record = {
+            **record,
+            "output": orjson.Fragment(orjson.dumps(output, option=_SORTED)),
+            "started_at": _parse_time(record.get("started_at")),
+            "finished_at": _parse_time(record.get("finished_at")),
+        }
         self._store(record, _usage_of(record) if count_usage else None)
 
     def _store(self, record: Record, usage: TokenUsage | None) -> Record:
@@ -130,7 +146,7 @@ class RunState:
             "sequence": sequence,
             "plan_id": self.plan.plan_id,
             "run_id": self.run_id,
-            "created_at": now_iso(),
+            "created_at": utcnow(),
             "reason": reason,
             "vibe": self._vibe_json,
             "workflow_plan": self._plan_json,
@@ -149,9 +165,17 @@ class RunState:
             record = self.records.get(node.id)
             if record is None:
                 results[node.id] = NodeResult(node_id=node.id, status=NodeStatus.PENDING)
-            else:
-                data = {**record, "output": self.outputs.get(node.id)}
-                results[node.id] = NodeResult.model_validate(data)
+                continue
+            # Records are built by this module from validated parts: skip re-validation, which
+            # would cost more than running a no-op node.
+            error, usage = record["error"], record["usage"]
+            results[node.id] = NodeResult.model_construct(
+                node_id=node.id, status=NodeStatus(record["status"]),
+                output=self.outputs.get(node.id), attempts=record["attempts"],
+                error=None if error is None else ErrorInfo.model_construct(**error),
+                started_at=record["started_at"], finished_at=record["finished_at"],
+                usage=None if usage is None else TokenUsage.model_construct(**usage),
+            )
         return results
 
 
@@ -166,7 +190,7 @@ def records_from_checkpoint(checkpoint: Checkpoint) -> list[Record]:
 
 def _record(
     node_id: str, status: NodeStatus, output: orjson.Fragment, error: dict[str, Any] | None,
-    attempts: int, started_at: str | None, usage: TokenUsage | None,
+    attempts: int, started_at: datetime | None, usage: TokenUsage | None,
 ) -> Record:
     return {
         "node_id": node_id,
@@ -175,9 +199,15 @@ def _record(
         "error": error,
         "attempts": attempts,
         "started_at": started_at,
-        "finished_at": now_iso(),
+        "finished_at": utcnow(),
         "usage": None if usage is None else usage.model_dump(),
     }
+
+
+def _parse_time(value: Any) -> datetime | None:
+    if value is None or isinstance(value, datetime):
+        return value
+    return datetime.fromisoformat(value)
 
 
 def _usage_of(record: Record) -> TokenUsage | None:

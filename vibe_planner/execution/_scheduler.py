@@ -1,14 +1,17 @@
 """The scheduler: start each node the moment its own dependencies are done.
 
 There are no waves. Bookkeeping is synchronous on the event loop: when a node finishes, its
-dependents' counters drop and any that reach zero join the ready queue; a new task starts
-whenever a slot under ``max_concurrency`` is free. One task per running node, all inside one
-anyio task group, so cancellation and errors propagate the structured way.
+dependents' counters drop and any that reach zero join the ready queue. ``max_concurrency``
+worker tasks (fewer for small plans), all in one anyio task group, take nodes from that queue;
+a worker that finishes a node takes the next ready one at once, so a node starts the moment its
+own dependencies are done and a slot is free. Workers instead of a task per node: spawning a
+task costs more than running a no-op node, and the pool bounds concurrency by construction.
 """
 
 from __future__ import annotations
 
 import time
+from datetime import datetime
 from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -25,7 +28,7 @@ from .._events import (
 )
 from .._exceptions import PlanValidationError
 from .._models import NodeStatus, RunStatus, WorkflowNode
-from .._state import Record, RunState, now_iso
+from .._state import Record, RunState, utcnow
 from ..persistence._recorder import RunRecorder
 from ._context import Handler, NodeContext, RetryPolicy
 
@@ -63,8 +66,10 @@ class Scheduler:
         self._dependents: dict[str, list[str]] = {}
         self._waiting: dict[str, int] = {}
         self._ready: deque[str] = deque()
-        self._in_flight: dict[str, str] = {}
+        self._in_flight: dict[str, datetime] = {}
         self._tg: anyio.abc.TaskGroup | None = None
+        self._wakeup = anyio.Event()
+        self._idle = 0
         self.failed = 0
         self.completed = sum(1 for r in state.records.values() if r["status"] == "completed")
         self.nodes_run = 0
@@ -89,7 +94,8 @@ class Scheduler:
         if self._waiting:
             async with anyio.create_task_group() as tg:
                 self._tg = tg
-                self._dispatch()
+                for index in range(min(self._max, len(self._waiting))):
+                    tg.start_soon(self._worker, name=f"vibe_planner worker {index}")
             self.mark_cancelled()  # nodes stopped by fail_fast
         return "failed" if self.failed else "completed"
 
@@ -100,25 +106,44 @@ class Scheduler:
         self._in_flight.clear()
 
     # -- internals ------------------------------------------------------------------------------
-    def _dispatch(self) -> None:
-        assert self._tg is not None
-        while self._ready and len(self._in_flight) < self._max:
-            node_id = self._ready.popleft()
-            self._in_flight[node_id] = now_iso()
-            self._tg.start_soon(self._run_node, node_id, name=f"vibe_planner node {node_id}")
+    async def _worker(self) -> None:
+        while True:
+            if self._ready:
+                node_id = self._ready.popleft()
+                self._in_flight[node_id] = started_at = utcnow()
+                await self._run_node(node_id, started_at)
+            elif not self._in_flight:
+                # Nothing ready and nothing running: no node can become ready any more.
+                self._wake_workers()
+                return
+            else:
+                self._idle += 1
+                try:
+                    await self._wakeup.wait()
+                finally:
+                    self._idle -= 1
 
-    async def _run_node(self, node_id: str) -> None:
+    def _wake_workers(self) -> None:
+        if self._idle:
+            wakeup, self._wakeup = self._wakeup, anyio.Event()
+            wakeup.set()
+
+    async def _run_node(self, node_id: str, started_at: datetime) -> None:
         node = self._nodes[node_id]
-        record = await self._attempts(node, self._in_flight[node_id])
+        record = await self._attempts(node, started_at)
         del self._in_flight[node_id]
         self.nodes_run += 1
         self._recorder.node_finished(record)
         if record["status"] == "completed":
             self.completed += 1
+            readied = False
             for child in self._dependents[node_id]:
                 self._waiting[child] -= 1
                 if self._waiting[child] == 0:
                     self._ready.append(child)
+                    readied = True
+            if readied or not self._in_flight:
+                self._wake_workers()
         else:
             self.failed += 1
             self._skip_dependents(node_id)
@@ -127,9 +152,9 @@ class Scheduler:
                 self._tg.cancel_scope.cancel()
             else:
                 self._recorder.request("failure")
-        self._dispatch()
+            self._wake_workers()
 
-    async def _attempts(self, node: WorkflowNode, started_at: str) -> Record:
+    async def _attempts(self, node: WorkflowNode, started_at: datetime) -> Record:
         state, handler = self._state, self._handlers[node.kind]
         attempts = node.max_attempts or self._retry.max_attempts
         timeout = node.timeout or self._timeout
@@ -165,7 +190,7 @@ class Scheduler:
         raise AssertionError("unreachable: the last attempt returns")  # pragma: no cover
 
     def _failed(
-        self, node: WorkflowNode, exc: Exception, attempt: int, started_at: str, context: NodeContext
+        self, node: WorkflowNode, exc: Exception, attempt: int, started_at: datetime, context: NodeContext
     ) -> Record:
         error = {"type": type(exc).__name__, "message": _describe(exc)[:4000],
                  "retryable": bool(getattr(exc, "retryable", True))}
