@@ -6,11 +6,18 @@ moment it happened, so a display can redraw from any single event.
 
 from __future__ import annotations
 
+import inspect
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
+
+import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 __all__ = [
     "CheckpointWritten",
+    "EventBus",
     "NodeCompleted",
     "NodeFailed",
     "NodeRetrying",
@@ -20,6 +27,8 @@ __all__ = [
     "ProgressEvent",
     "RunFinished",
 ]
+
+logger = logging.getLogger("vibe_planner")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -112,3 +121,65 @@ class RunFinished(ProgressEvent):
     kind: ClassVar[str] = "run_finished"
     status: str
     duration: float
+
+
+class EventBus:
+    """Delivers a run's events to a callback and to subscribers without ever blocking the run.
+
+    `emit` is synchronous and never waits: events go into bounded buffers, and when a buffer
+    is full (a slow consumer) the event is dropped and counted instead. The callback runs in a
+    task of its own (`deliver`); its exceptions are logged, never raised into the run.
+    """
+
+    def __init__(
+        self,
+        callback: Callable[[ProgressEvent], Any] | None,
+        subscribers: list[MemoryObjectSendStream[ProgressEvent]],
+        buffer: int = 1024,
+    ) -> None:
+        self._callback = callback
+        self._subscribers = subscribers
+        self._send: MemoryObjectSendStream[ProgressEvent] | None = None
+        self._receive: MemoryObjectReceiveStream[ProgressEvent] | None = None
+        if callback is not None:
+            self._send, self._receive = anyio.create_memory_object_stream[ProgressEvent](buffer)
+        self.dropped = 0
+        self._scope = anyio.CancelScope()
+
+    @property
+    def active(self) -> bool:
+        """Whether anyone listens (if not, the scheduler skips building events)."""
+        return self._callback is not None or bool(self._subscribers)
+
+    def emit(self, event: ProgressEvent) -> None:
+        """Queue *event* for every listener; drop it for listeners that are behind."""
+        streams = [self._send] if self._send is not None else []
+        for stream in [*streams, *self._subscribers]:
+            try:
+                stream.send_nowait(event)
+            except anyio.WouldBlock:
+                self.dropped += 1
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                if stream in self._subscribers:
+                    self._subscribers.remove(stream)
+
+    async def deliver(self) -> None:
+        """Call the callback for each queued event until `close` (then drain what is left)."""
+        if self._receive is None or self._callback is None:
+            return
+        with self._scope, self._receive:
+            async for event in self._receive:
+                try:
+                    outcome = self._callback(event)
+                    if inspect.isawaitable(outcome):
+                        await outcome
+                except Exception:
+                    logger.exception("progress callback failed on %s (ignored)", event.kind)
+
+    def close(self, grace: float = 1.0) -> None:
+        """Stop accepting events; `deliver` drains the buffer for at most *grace* seconds."""
+        if self._send is not None:
+            self._send.close()
+            self._scope.deadline = anyio.current_time() + grace
+        if self.dropped:
+            logger.warning("%d progress events dropped for slow listeners", self.dropped)

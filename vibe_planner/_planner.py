@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import secrets
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import anyio
-import pydantic
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from ._events import CheckpointWritten, PlanCreated, ProgressEvent, RunFinished
+from ._events import CheckpointWritten, EventBus, PlanCreated, ProgressEvent, RunFinished
 from ._exceptions import (
     CheckpointMismatchError,
     CheckpointNotFoundError,
@@ -55,6 +56,9 @@ class MetaPlanner:
         node_timeout: Default seconds per attempt (``None``: no limit).
         fail_fast: Cancel the rest of the run when a node fails (default: keep running
             independent branches; the failed node's dependents are skipped).
+        progress_callback: Called (sync or async) with every `ProgressEvent` of every run, from
+            a task of its own: a slow callback misses events rather than slowing the run, and
+            its exceptions are logged, never raised.
 
     Example:
         >>> planner = MetaPlanner(checkpoint_interval=5, max_concurrency=16)
@@ -90,11 +94,39 @@ class MetaPlanner:
         self.node_timeout = node_timeout
         self.fail_fast = fail_fast
         self.progress_callback = progress_callback
+        self._subscribers: list[MemoryObjectSendStream[ProgressEvent]] = []
 
     @property
     def offline(self) -> bool:
         """True when planning uses the embedded offline planner."""
         return isinstance(self.planner, OfflinePlanner)
+
+    @contextlib.asynccontextmanager
+    async def subscribe(
+        self, buffer: int = 1024
+    ) -> AsyncIterator[MemoryObjectReceiveStream[ProgressEvent]]:
+        """Receive the `ProgressEvent`s of every run started while the block is open.
+
+        Events a slow reader has not taken when *buffer* are waiting are dropped (the run
+        never waits for a reader). Each run ends with a `RunFinished` event.
+
+        Example:
+            >>> async def watch(planner, vibe):
+            ...     async with planner.subscribe() as events, anyio.create_task_group() as tg:
+            ...         tg.start_soon(planner.execute_with_resume, vibe)
+            ...         async for event in events:
+            ...             print(event.kind, event.completed, "/", event.total)
+            ...             if isinstance(event, RunFinished):
+            ...                 break
+        """
+        send, receive = anyio.create_memory_object_stream[ProgressEvent](buffer)
+        self._subscribers.append(send)
+        try:
+            with receive:
+                yield receive
+        finally:
+            self._subscribers.remove(send)
+            send.close()
 
     # -- planning -------------------------------------------------------------------------------
     async def plan(self, vibe: VibeLike, *, plan_id: str | None = None) -> WorkflowPlan:
@@ -248,21 +280,42 @@ class MetaPlanner:
 
     async def _run(self, state: RunState, resumed_from: str | None) -> ExecutionResult:
         started = time.monotonic()
-        restored = len(state.records)
+        restored = sum(1 for node_id in state.records if state.is_completed(node_id))
+        bus = EventBus(self.progress_callback, list(self._subscribers))
+        emit = bus.emit if bus.active else None
+        scheduler: Scheduler | None = None
+
+        def on_checkpoint(checkpoint_id: str, reason: str) -> None:
+            if emit is not None and scheduler is not None:
+                emit(scheduler.event(CheckpointWritten, checkpoint_id=checkpoint_id, reason=reason))
+
         recorder = RunRecorder(
             self.persistence_manager if self.durability != "none" else None, state,
             durability=self.durability, interval=self.checkpoint_interval,
+            on_checkpoint=on_checkpoint,
         )
         scheduler = Scheduler(state, self.handlers, recorder, max_concurrency=self.max_concurrency,
                               retry=self.retry, node_timeout=self.node_timeout,
-                              fail_fast=self.fail_fast, started=started)
+                              fail_fast=self.fail_fast, emit=emit, started=started)
+        if emit is not None:
+            emit(scheduler.event(PlanCreated, planner=state.plan.planner,
+                                 resumed_from=resumed_from, offline=self.offline))
+        status = "failed"
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(recorder.run, name="vibe_planner checkpoint writer")
+                tg.start_soon(bus.deliver, name="vibe_planner progress callback")
                 try:
                     status = await self._drive(state, recorder, scheduler, resumed_from)
+                except anyio.get_cancelled_exc_class():
+                    status = "cancelled"
+                    raise
                 finally:
                     recorder.close()
+                    if emit is not None:
+                        emit(scheduler.event(RunFinished, status=status,
+                                             duration=time.monotonic() - started))
+                    bus.close()
         except BaseExceptionGroup as group:
             raise _unwrap(group) from None
         if self.offline:
@@ -350,5 +403,3 @@ def _unwrap(group: BaseExceptionGroup[BaseException]) -> BaseException:
         return leaves[0]
     return group
 
-
-_ = (pydantic, CheckpointWritten, PlanCreated, RunFinished)

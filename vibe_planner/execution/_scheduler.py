@@ -164,7 +164,7 @@ class Scheduler:
             context = NodeContext(node, inputs, state.plan.vibe, state.plan.plan_id, state.run_id,
                                   attempt, f"{state.plan.plan_id}:{node.id}")
             if self._emit is not None:
-                self._emit(self._event(NodeStarted, node_id=node.id, attempt=attempt))
+                self._emit(self.event(NodeStarted, node_id=node.id, attempt=attempt))
             try:
                 if timeout is None:
                     output = await handler(context)
@@ -179,12 +179,12 @@ class Scheduler:
                     return self._failed(node, exc, attempt, started_at, context)
                 delay = self._retry.delay(attempt, retry_after=getattr(exc, "retry_after", None))
                 if self._emit is not None:
-                    self._emit(self._event(NodeRetrying, node_id=node.id, attempt=attempt,
+                    self._emit(self.event(NodeRetrying, node_id=node.id, attempt=attempt,
                                            delay=delay, error=_describe(exc)))
                 await anyio.sleep(delay)
                 continue
             if self._emit is not None:
-                self._emit(self._event(NodeCompleted, node_id=node.id,
+                self._emit(self.event(NodeCompleted, node_id=node.id,
                                        duration=time.monotonic() - t_start))
             return record
         raise AssertionError("unreachable: the last attempt returns")  # pragma: no cover
@@ -199,7 +199,7 @@ class Scheduler:
             usage=context.usage,
         )
         if self._emit is not None:
-            self._emit(self._event(NodeFailed, node_id=node.id, error=error["message"]))
+            self._emit(self.event(NodeFailed, node_id=node.id, error=error["message"]))
         return record
 
     def _skip_dependents(self, node_id: str) -> None:
@@ -214,10 +214,11 @@ class Scheduler:
                 "retryable": True})
             self._waiting[child] = -1  # never becomes ready
             if self._emit is not None:
-                self._emit(self._event(NodeSkipped, node_id=child, because_of=node_id))
+                self._emit(self.event(NodeSkipped, node_id=child, because_of=node_id))
             stack.extend(self._dependents[child])
 
-    def _event(self, cls: type[ProgressEvent], **fields: Any) -> ProgressEvent:
+    def event(self, cls: type[ProgressEvent], **fields: Any) -> ProgressEvent:
+        """Build an event of *cls* stamped with the run's current counts and elapsed time."""
         return cls(plan_id=self._state.plan.plan_id, elapsed=time.monotonic() - self._t0,
                    total=len(self._nodes), completed=self.completed, running=len(self._in_flight),
                    failed=self.failed, **fields)

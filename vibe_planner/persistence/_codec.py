@@ -33,6 +33,8 @@ __all__ = [
 
 _SORTED = orjson.OPT_SORT_KEYS
 _CHECKSUM_PREFIX = "sha256:"
+# `int(x, 16)` also takes " 1f", "+1f", "1_f" and "1F": only what `encode_journal` writes counts.
+_CRC_DIGITS = frozenset(b"0123456789abcdef")
 
 # Each entry upgrades a raw document from version N to N + 1. Version 1 is the first.
 _MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {}
@@ -172,7 +174,7 @@ def decode_journal(raw: bytes) -> JournalRead:
 
 
 def _decode_line(line: bytes) -> dict[str, Any] | None:
-    if len(line) < 10 or line[8:9] != b" ":
+    if len(line) < 10 or line[8:9] != b" " or not _CRC_DIGITS.issuperset(line[:8]):
         return None
     payload = line[9:]
     try:
