@@ -24,7 +24,7 @@ from ._ids import check_plan_id
 from ._models import Checkpoint, CheckpointInfo, ExecutionResult, NodeStatus, Vibe, WorkflowPlan
 from ._state import RunState, records_from_checkpoint
 from .execution._context import Handler, RetryPolicy
-from .execution._handlers import default_handlers
+from .execution._handlers import default_handlers, offline_llm_handler
 from .execution._scheduler import Scheduler, check_handlers
 from .persistence._lock import PlanLock
 from .persistence._manager import Restored, WorkflowPersistenceManager
@@ -100,6 +100,12 @@ class MetaPlanner:
     def offline(self) -> bool:
         """True when planning uses the embedded offline planner."""
         return isinstance(self.planner, OfflinePlanner)
+
+    def _ran_offline(self, plan: WorkflowPlan) -> bool:
+        """Whether a run of *plan* used an offline stand-in (planner or ``llm`` handler)."""
+        offline_llm = self.handlers.get("llm") is offline_llm_handler
+        return plan.planner == OfflinePlanner.name or (
+            offline_llm and any(node.kind == "llm" for node in plan.nodes))
 
     @contextlib.asynccontextmanager
     async def subscribe(
@@ -299,7 +305,7 @@ class MetaPlanner:
                               fail_fast=self.fail_fast, emit=emit, started=started)
         if emit is not None:
             emit(scheduler.event(PlanCreated, planner=state.plan.planner,
-                                 resumed_from=resumed_from, offline=self.offline))
+                                 resumed_from=resumed_from, offline=self._ran_offline(state.plan)))
         status = "failed"
         try:
             async with anyio.create_task_group() as tg:
@@ -318,7 +324,8 @@ class MetaPlanner:
                     bus.close()
         except BaseExceptionGroup as group:
             raise _unwrap(group) from None
-        if self.offline:
+        offline = self._ran_offline(state.plan)
+        if offline:
             logger.info("plan %s ran offline (no LLM configured)", state.plan.plan_id)
         return ExecutionResult(
             plan_id=state.plan.plan_id, run_id=state.run_id, status=status, plan=state.plan,
@@ -326,7 +333,7 @@ class MetaPlanner:
             outputs={k: state.outputs[k] for k in state.plan.sinks() if state.is_completed(k)},
             resumed_from=resumed_from, checkpoints_written=recorder.written,
             nodes_run=scheduler.nodes_run, nodes_restored=restored,
-            duration_seconds=time.monotonic() - started, usage=state.usage, offline=self.offline,
+            duration_seconds=time.monotonic() - started, usage=state.usage, offline=offline,
         )
 
     async def _drive(

@@ -1,0 +1,47 @@
+"""`.vibe_checkpoints.example/` holds real files written by the code; they must keep loading."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from vibe_planner import MetaPlanner, NodeContext, TokenUsage, WorkflowPersistenceManager
+
+pytestmark = pytest.mark.anyio
+EXAMPLES = Path(__file__).resolve().parent.parent / ".vibe_checkpoints.example"
+
+
+async def test_every_example_file_verifies_and_loads() -> None:
+    manager = WorkflowPersistenceManager(EXAMPLES)
+    assert await manager.verify() == []
+    infos = await manager.list_checkpoints()
+    assert len(infos) >= 4 and all(info.error is None for info in infos)
+    reasons = set()
+    for info in infos:
+        checkpoint = await manager.get_checkpoint(info.checkpoint_id)
+        assert checkpoint.schema_version == 1
+        reasons.add(checkpoint.reason)
+    assert {"planned", "final"} <= reasons
+    failed = await manager.latest("release-notes-2-0")
+    assert failed is not None and failed.failed_nodes == ["publish"]
+    assert failed.node_results["announce"].status == "skipped"
+
+
+async def test_the_failed_example_plan_resumes_from_its_files(tmp_path: Path) -> None:
+    shutil.copytree(EXAMPLES, tmp_path / "cp")
+    ran: list[str] = []
+
+    async def work(context: NodeContext) -> str:
+        ran.append(context.node.id)
+        context.add_usage(TokenUsage(prompt_tokens=1, completion_tokens=1, total_tokens=2, requests=1))
+        return f"{context.node.id}: done"
+
+    planner = MetaPlanner(handlers={"work": work},
+                          persistence_manager=WorkflowPersistenceManager(tmp_path / "cp"))
+    result = await planner.resume("release-notes-2-0")
+    assert result.status == "completed"
+    assert sorted(ran) == ["announce", "publish"]
+    assert result.usage.requests == 4  # two from the stored run, two now
+    assert not result.offline  # a custom plan with custom handlers
