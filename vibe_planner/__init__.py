@@ -36,6 +36,9 @@ from ._planner import MetaPlanner as MetaPlanner
 from .execution._context import Handler as Handler
 from .execution._context import NodeContext as NodeContext
 from .execution._context import RetryPolicy as RetryPolicy
+from .llm import LLMConfig as LLMConfig
+from .llm import LLMPlanner as LLMPlanner
+from .llm import LLMRequestError as LLMRequestError
 from .persistence._manager import WorkflowPersistenceManager as WorkflowPersistenceManager
 from .persistence._recorder import Durability as Durability
 from .persistence._store import CheckpointStore as CheckpointStore
@@ -62,6 +65,9 @@ __all__ = [
     "Handler",
     "InvalidIdentifierError",
     "InvalidVibeError",
+    "LLMConfig",
+    "LLMPlanner",
+    "LLMRequestError",
     "MetaPlanner",
     "NodeCompleted",
     "NodeContext",

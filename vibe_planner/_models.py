@@ -179,6 +179,8 @@ class WorkflowPlan(BaseModel):
     """Name of the planner that made the plan (``offline``, ``llm``, ``custom``)."""
     model: str | None = None
     """LLM model that made the plan, if any."""
+    usage: TokenUsage | None = None
+    """Tokens spent making the plan (counted once in the run's usage)."""
 
     _order: list[str] = PrivateAttr(default_factory=list)
 
@@ -354,3 +356,6 @@ class ExecutionResult(BaseModel):
     def failed_nodes(self) -> list[str]:
         """Ids of the nodes that failed."""
         return [k for k, r in self.node_results.items() if r.status == NodeStatus.FAILED]
+
+
+WorkflowPlan.model_rebuild()

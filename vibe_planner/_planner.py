@@ -7,7 +7,7 @@ import logging
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
-from typing import Any
+from typing import Any, Literal
 
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
@@ -20,12 +20,13 @@ from ._exceptions import (
     PlanningError,
     VibePlannerError,
 )
-from ._ids import check_plan_id
+from ._ids import check_checkpoint_id, check_plan_id
 from ._models import Checkpoint, CheckpointInfo, ExecutionResult, NodeStatus, Vibe, WorkflowPlan
 from ._state import RunState, records_from_checkpoint
 from .execution._context import Handler, RetryPolicy
 from .execution._handlers import default_handlers, offline_llm_handler
 from .execution._scheduler import Scheduler, check_handlers
+from .llm import LLMConfig, LLMNodeHandler, LLMPlanner, LLMSession
 from .persistence._lock import PlanLock
 from .persistence._manager import Restored, WorkflowPersistenceManager
 from .persistence._recorder import Durability, RunRecorder
@@ -43,8 +44,11 @@ class MetaPlanner:
     """Plans a vibe into a DAG, runs it concurrently, and resumes it after a crash.
 
     Args:
-        planner: Any object with ``async plan(vibe) -> WorkflowPlan``; the offline planner by
-            default.
+        llm: The LLM endpoint for planning and ``llm`` nodes. ``None`` (default) reads
+            ``OPENAI_API_KEY`` / ``OPENAI_BASE_URL`` / ``VIBE_PLANNER_MODEL`` and stays offline
+            when neither a key nor a base URL is set; ``False`` forces the offline defaults.
+        planner: Any object with ``async plan(vibe) -> WorkflowPlan``; by default the LLM
+            planner when an LLM is configured, else the offline planner.
         handlers: Node handlers by kind, added to (and overriding) the built-in ``llm`` and
             ``noop`` handlers.
         persistence_manager: Where checkpoints go; ``.vibe_checkpoints`` by default.
@@ -67,6 +71,7 @@ class MetaPlanner:
     def __init__(
         self,
         *,
+        llm: LLMConfig | Literal[False] | None = None,
         planner: Planner | None = None,
         handlers: Mapping[str, Handler] | None = None,
         persistence_manager: WorkflowPersistenceManager | None = None,
@@ -84,8 +89,13 @@ class MetaPlanner:
             raise ValueError(f"max_concurrency must be >= 1, got {max_concurrency}")
         if durability not in ("journal", "interval", "none"):
             raise ValueError(f"durability must be 'journal', 'interval' or 'none', got {durability!r}")
-        self.planner: Planner = planner if planner is not None else OfflinePlanner()
+        self.llm: LLMConfig | None = LLMConfig.from_env() if llm is None else (llm or None)
         self.handlers: dict[str, Handler] = {**default_handlers(), **(handlers or {})}
+        # The LLM handler needs a client per run; "llm" stays offline only without an LLM.
+        self._llm_nodes = self.llm is not None and "llm" not in (handlers or {})
+        if planner is None:
+            planner = LLMPlanner(self.llm, self.handlers) if self.llm else OfflinePlanner()
+        self.planner: Planner = planner
         self.persistence_manager = persistence_manager or WorkflowPersistenceManager()
         self.checkpoint_interval = checkpoint_interval
         self.durability: Durability = durability
@@ -103,7 +113,7 @@ class MetaPlanner:
 
     def _ran_offline(self, plan: WorkflowPlan) -> bool:
         """Whether a run of *plan* used an offline stand-in (planner or ``llm`` handler)."""
-        offline_llm = self.handlers.get("llm") is offline_llm_handler
+        offline_llm = not self._llm_nodes and self.handlers.get("llm") is offline_llm_handler
         return plan.planner == OfflinePlanner.name or (
             offline_llm and any(node.kind == "llm" for node in plan.nodes))
 
@@ -185,6 +195,8 @@ class MetaPlanner:
         """
         vibe = as_vibe(vibe)
         plan_id = check_plan_id(plan_id) if plan_id is not None else vibe.default_plan_id()
+        if checkpoint_id is not None:
+            check_checkpoint_id(checkpoint_id)
         async with self._locked(plan_id):
             restored = await self._restore(plan_id, checkpoint_id)
             if restored is None:
@@ -204,6 +216,8 @@ class MetaPlanner:
             CheckpointNotFoundError: The plan has no checkpoint.
         """
         check_plan_id(plan_id)
+        if checkpoint_id is not None:
+            check_checkpoint_id(checkpoint_id)
         async with self._locked(plan_id):
             restored = await self._restore(plan_id, checkpoint_id)
             if restored is None:
@@ -285,6 +299,16 @@ class MetaPlanner:
         return await self._run(state, checkpoint.checkpoint_id)
 
     async def _run(self, state: RunState, resumed_from: str | None) -> ExecutionResult:
+        if not self._llm_nodes or not any(n.kind == "llm" for n in state.plan.nodes):
+            return await self._run_with(state, resumed_from, self.handlers)
+        assert self.llm is not None
+        async with LLMSession(self.llm) as session:
+            handlers = {**self.handlers, "llm": LLMNodeHandler(session)}
+            return await self._run_with(state, resumed_from, handlers)
+
+    async def _run_with(
+        self, state: RunState, resumed_from: str | None, handlers: Mapping[str, Handler]
+    ) -> ExecutionResult:
         started = time.monotonic()
         restored = sum(1 for node_id in state.records if state.is_completed(node_id))
         bus = EventBus(self.progress_callback, list(self._subscribers))
@@ -300,7 +324,7 @@ class MetaPlanner:
             durability=self.durability, interval=self.checkpoint_interval,
             on_checkpoint=on_checkpoint,
         )
-        scheduler = Scheduler(state, self.handlers, recorder, max_concurrency=self.max_concurrency,
+        scheduler = Scheduler(state, handlers, recorder, max_concurrency=self.max_concurrency,
                               retry=self.retry, node_timeout=self.node_timeout,
                               fail_fast=self.fail_fast, emit=emit, started=started)
         if emit is not None:

@@ -67,7 +67,7 @@ class RunState:
         self.metadata: dict[str, Any] = dict(metadata or {})
         self.records: dict[str, Record] = {}
         self.outputs: dict[str, Any] = {}
-        self.usage = TokenUsage()
+        self.usage = plan.usage or TokenUsage()
         self._plan_json = orjson.Fragment(orjson.dumps(plan.model_dump(mode="json"), option=_SORTED))
         self._vibe_json = orjson.Fragment(
             orjson.dumps(plan.vibe.model_dump(mode="json"), option=_SORTED)

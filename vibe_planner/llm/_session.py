@@ -1,0 +1,201 @@
+"""`LLMSession`: one `AsyncOpenAI` client per run, with rate limiting and retry classification.
+
+The SDK's own retries are turned off (``max_retries=0``) so that every HTTP request is ours to
+count, pace and classify:
+
+- transient (429, 408, 409, 5xx, timeouts, dropped connections): retried with exponential
+  backoff and jitter, never sooner than the server's ``Retry-After``; a 429 also pauses every
+  other request of the session until that time (no 429 storm);
+- permanent (400, 401, 403, 404, 422): raised at once as `LLMRequestError` with
+  ``retryable=False`` so the node fails without burning attempts.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import random
+import time
+from typing import Any
+
+import anyio
+import openai
+
+from .._exceptions import NodeError
+from .._models import TokenUsage
+from ._config import LLMConfig
+
+__all__ = ["ChatReply", "LLMRequestError", "LLMSession"]
+
+logger = logging.getLogger("vibe_planner.llm")
+_TRANSIENT_STATUS = {408, 409, 425, 429}
+
+
+class LLMRequestError(NodeError):
+    """A chat request failed (after retries, if the failure was transient).
+
+    Attributes:
+        status_code: HTTP status, if the server answered.
+        retryable: Whether the failure was transient.
+        retry_after: Seconds the server asked to wait, if it said.
+    """
+
+    def __init__(
+        self, message: str, *, status_code: int | None, retryable: bool, retry_after: float | None
+    ) -> None:
+        self.status_code = status_code
+        super().__init__(message, retryable=retryable, retry_after=retry_after)
+
+
+class ChatReply:
+    """The text of a chat completion and the tokens it cost."""
+
+    __slots__ = ("text", "usage")
+
+    def __init__(self, text: str, usage: TokenUsage) -> None:
+        self.text = text
+        self.usage = usage
+
+
+class _RateLimiter:
+    """Spaces request starts at least ``60 / requests_per_minute`` seconds apart."""
+
+    def __init__(self, requests_per_minute: float | None) -> None:
+        self._interval = 60.0 / requests_per_minute if requests_per_minute else 0.0
+        self._next = 0.0
+        self.paused_until = 0.0
+
+    async def wait_turn(self) -> None:
+        now = time.monotonic()
+        start = max(now, self._next, self.paused_until)
+        self._next = start + self._interval
+        if start > now:
+            await anyio.sleep(start - now)
+
+
+class LLMSession:
+    """A client for one run; use as ``async with LLMSession(config) as session``."""
+
+    def __init__(self, config: LLMConfig) -> None:
+        self.config = config
+        self._client: openai.AsyncOpenAI | None = None
+        self._limiter = anyio.CapacityLimiter(config.max_concurrency)
+        self._rate = _RateLimiter(config.requests_per_minute)
+        self.requests = 0
+        """HTTP requests sent (retries included)."""
+
+    async def __aenter__(self) -> LLMSession:
+        key = self.config.api_key.get_secret_value() if self.config.api_key else None
+        self._client = openai.AsyncOpenAI(
+            api_key=key or "not-needed", base_url=self.config.base_url,
+            timeout=self.config.timeout, max_retries=0,
+        )
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._client is not None:
+            with anyio.CancelScope(shield=True):
+                await self._client.close()
+            self._client = None
+
+    async def chat(
+        self, messages: list[dict[str, Any]], *, response_format: dict[str, Any] | None = None
+    ) -> ChatReply:
+        """Send a chat completion, retrying transient failures; return its text and usage."""
+        attempt = 0
+        while True:
+            try:
+                return await self._send(messages, response_format)
+            except LLMRequestError as exc:
+                if not exc.retryable or attempt >= self.config.max_retries:
+                    raise
+                delay = self._backoff(attempt, exc.retry_after)
+                logger.info("LLM request failed (%s); retry %d in %.2fs", exc, attempt + 1, delay)
+                attempt += 1
+                await anyio.sleep(delay)
+
+    async def _send(
+        self, messages: list[dict[str, Any]], response_format: dict[str, Any] | None
+    ) -> ChatReply:
+        if self._client is None:
+            raise RuntimeError("LLMSession used outside 'async with'")
+        extra: dict[str, Any] = {}
+        if response_format is not None:
+            extra["response_format"] = response_format
+        if self.config.temperature is not None:
+            extra["temperature"] = self.config.temperature
+        async with self._limiter:
+            await self._rate.wait_turn()
+            self.requests += 1
+            try:
+                completion = await self._client.chat.completions.create(
+                    model=self.config.model, messages=messages, **extra)  # type: ignore[call-overload]
+            except openai.APIError as exc:
+                raise self._classify(exc) from None
+        return _reply_of(completion)
+
+    def _classify(self, exc: openai.APIError) -> LLMRequestError:
+        if isinstance(exc, openai.APITimeoutError):
+            return LLMRequestError(f"LLM request timed out after {self.config.timeout}s",
+                                   status_code=None, retryable=True, retry_after=None)
+        if isinstance(exc, openai.APIConnectionError):
+            return LLMRequestError(f"LLM connection failed: {exc.message}", status_code=None,
+                                   retryable=True, retry_after=None)
+        if isinstance(exc, openai.APIStatusError):
+            status = exc.status_code
+            retry_after = _retry_after(exc.response.headers)
+            if status == 429 and retry_after is not None:
+                # Everyone waits: the limit is the endpoint's, not this request's.
+                self._rate.paused_until = max(self._rate.paused_until, time.monotonic() + retry_after)
+            transient = status in _TRANSIENT_STATUS or status >= 500
+            return LLMRequestError(f"LLM endpoint answered {status}: {_server_message(exc)}",
+                                   status_code=status, retryable=transient, retry_after=retry_after)
+        return LLMRequestError(f"LLM reply unusable: {exc.message}", status_code=None,
+                               retryable=True, retry_after=None)
+
+    def _backoff(self, attempt: int, retry_after: float | None) -> float:
+        base = min(self.config.retry_max_delay, self.config.retry_initial_delay * 2**attempt)
+        delay = base * (0.5 + random.random() / 2)
+        return max(delay, retry_after or 0.0)
+
+
+def _reply_of(completion: Any) -> ChatReply:
+    choices = getattr(completion, "choices", None) or []
+    if not choices or choices[0].message is None:
+        raise LLMRequestError("LLM reply has no choices", status_code=None, retryable=True,
+                              retry_after=None)
+    text = choices[0].message.content or ""
+    usage = getattr(completion, "usage", None)
+    tokens = TokenUsage(
+        prompt_tokens=getattr(usage, "prompt_tokens", 0) or 0,
+        completion_tokens=getattr(usage, "completion_tokens", 0) or 0,
+        total_tokens=getattr(usage, "total_tokens", 0) or 0,
+        requests=1,
+    )
+    return ChatReply(text, tokens)
+
+
+def _retry_after(headers: Any) -> float | None:
+    milliseconds = headers.get("retry-after-ms")
+    if milliseconds:
+        try:
+            return max(0.0, float(milliseconds) / 1000)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        parsed = email.utils.parsedate_to_datetime(value)
+        return max(0.0, parsed.timestamp() - time.time()) if parsed else None
+
+
+def _server_message(exc: openai.APIStatusError) -> str:
+    body = exc.body
+    if isinstance(body, dict):
+        message = body.get("message") or (body.get("error") or {}).get("message")
+        if message:
+            return str(message)[:500]
+    return str(exc.message)[:500]
