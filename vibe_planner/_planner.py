@@ -27,6 +27,7 @@ from .execution._context import Handler, RetryPolicy
 from .execution._handlers import default_handlers, offline_llm_handler
 from .execution._scheduler import Scheduler, check_handlers
 from .llm import LLMConfig, LLMNodeHandler, LLMPlanner, LLMSession
+from .llm._session import RateLimiter
 from .persistence._lock import PlanLock
 from .persistence._manager import Restored, WorkflowPersistenceManager
 from .persistence._recorder import Durability, RunRecorder
@@ -93,8 +94,10 @@ class MetaPlanner:
         self.handlers: dict[str, Handler] = {**default_handlers(), **(handlers or {})}
         # The LLM handler needs a client per run; "llm" stays offline only without an LLM.
         self._llm_nodes = self.llm is not None and "llm" not in (handlers or {})
+        self._rate_limiter = RateLimiter(self.llm.requests_per_minute if self.llm else None)
         if planner is None:
-            planner = LLMPlanner(self.llm, self.handlers) if self.llm else OfflinePlanner()
+            planner = (LLMPlanner(self.llm, self.handlers, self._rate_limiter) if self.llm
+                       else OfflinePlanner())
         self.planner: Planner = planner
         self.persistence_manager = persistence_manager or WorkflowPersistenceManager()
         self.checkpoint_interval = checkpoint_interval
@@ -302,7 +305,7 @@ class MetaPlanner:
         if not self._llm_nodes or not any(n.kind == "llm" for n in state.plan.nodes):
             return await self._run_with(state, resumed_from, self.handlers)
         assert self.llm is not None
-        async with LLMSession(self.llm) as session:
+        async with LLMSession(self.llm, self._rate_limiter) as session:
             handlers = {**self.handlers, "llm": LLMNodeHandler(session)}
             return await self._run_with(state, resumed_from, handlers)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -12,12 +13,13 @@ import pydantic
 from .._exceptions import PlanningError, PlanValidationError
 from .._models import TokenUsage, Vibe, WorkflowPlan
 from ._config import LLMConfig, StructuredOutput
-from ._session import LLMRequestError, LLMSession
+from ._session import LLMRequestError, LLMSession, RateLimiter
 
 __all__ = ["LLMPlanner", "plan_reply_schema"]
 
 logger = logging.getLogger("vibe_planner.llm")
 MAX_REPLY_CHARS = 2_000_000
+_FENCE = re.compile(r"```(?:json)?\s*\n(.*?)```", re.S)
 _NODE_KEYS = frozenset({"id", "kind", "instructions", "depends_on", "parameters"})
 
 _SYSTEM = """You are a planner. Break the user's request into a workflow: a directed acyclic
@@ -57,18 +59,23 @@ class LLMPlanner:
     Args:
         config: Endpoint, model, retries and repair budget.
         kinds: Node kinds the plan may use (those with a handler).
+        rate_limiter: Shared with the runs' sessions so ``requests_per_minute`` is global.
     """
 
     name = "llm"
 
-    def __init__(self, config: LLMConfig, kinds: Iterable[str] = ("llm",)) -> None:
+    def __init__(
+        self, config: LLMConfig, kinds: Iterable[str] = ("llm",),
+        rate_limiter: RateLimiter | None = None,
+    ) -> None:
         self.config = config
         self.kinds = sorted(set(kinds))
+        self.rate_limiter = rate_limiter or RateLimiter(config.requests_per_minute)
         self._mode: StructuredOutput = config.structured_output
 
     async def plan(self, vibe: Vibe) -> WorkflowPlan:
         """Return a validated plan for *vibe*, or raise `PlanningError` with the last reply."""
-        async with LLMSession(self.config) as session:
+        async with LLMSession(self.config, self.rate_limiter) as session:
             return await self._plan(session, vibe)
 
     async def _plan(self, session: LLMSession, vibe: Vibe) -> WorkflowPlan:
@@ -163,9 +170,12 @@ def _describe(vibe: Vibe) -> str:
 
 
 def _strip_fences(text: str) -> str:
+    """Return the JSON part of a reply: a fenced block's body, or the outermost object."""
     stripped = text.strip()
-    if stripped.startswith("```"):
-        stripped = stripped.split("\n", 1)[1] if "\n" in stripped else ""
-        if stripped.rstrip().endswith("```"):
-            stripped = stripped.rstrip()[:-3]
-    return stripped
+    if stripped[:1] in ("{", "["):
+        return stripped
+    fence = _FENCE.search(stripped)
+    if fence is not None:
+        return fence.group(1)
+    start, end = stripped.find("{"), stripped.rfind("}")
+    return stripped[start : end + 1] if 0 <= start < end else stripped

@@ -25,7 +25,7 @@ from .._exceptions import NodeError
 from .._models import TokenUsage
 from ._config import LLMConfig
 
-__all__ = ["ChatReply", "LLMRequestError", "LLMSession"]
+__all__ = ["ChatReply", "LLMRequestError", "LLMSession", "RateLimiter"]
 
 logger = logging.getLogger("vibe_planner.llm")
 _TRANSIENT_STATUS = {408, 409, 425, 429}
@@ -57,8 +57,12 @@ class ChatReply:
         self.usage = usage
 
 
-class _RateLimiter:
-    """Spaces request starts at least ``60 / requests_per_minute`` seconds apart."""
+class RateLimiter:
+    """Spaces request starts at least ``60 / requests_per_minute`` seconds apart.
+
+    Also holds the pause a 429 imposes on every request. Share one between the sessions of a
+    `MetaPlanner` (planning and runs) so the limit is global.
+    """
 
     def __init__(self, requests_per_minute: float | None) -> None:
         self._interval = 60.0 / requests_per_minute if requests_per_minute else 0.0
@@ -76,11 +80,11 @@ class _RateLimiter:
 class LLMSession:
     """A client for one run; use as ``async with LLMSession(config) as session``."""
 
-    def __init__(self, config: LLMConfig) -> None:
+    def __init__(self, config: LLMConfig, rate_limiter: RateLimiter | None = None) -> None:
         self.config = config
         self._client: openai.AsyncOpenAI | None = None
         self._limiter = anyio.CapacityLimiter(config.max_concurrency)
-        self._rate = _RateLimiter(config.requests_per_minute)
+        self._rate = rate_limiter or RateLimiter(config.requests_per_minute)
         self.requests = 0
         """HTTP requests sent (retries included)."""
 
