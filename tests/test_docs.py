@@ -1,25 +1,53 @@
-"""Every ```python block of docs/*.md and README.md runs, in order, one namespace per page."""
+"""Every ```python block of docs/*.md and README.md runs, in order, one namespace per page.
+
+Pages about LLM providers run against a scripted OpenAI-compatible server on loopback, whose
+address is put in ``OPENAI_BASE_URL`` as a user would.
+"""
 
 from __future__ import annotations
 
+import json
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.fake_openai import FakeOpenAIServer, text_contains
+
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = sorted([*ROOT.glob("docs/*.md"), ROOT / "README.md"])
 BLOCK = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
+LLM_PAGES = {"providers.md"}
+DOC_PLAN = {"nodes": [
+    {"id": "ideas", "instructions": "List ideas."},
+    {"id": "draft", "instructions": "Write it.", "depends_on": ["ideas"]},
+    {"id": "polish", "instructions": "Polish it.", "depends_on": ["draft"]},
+]}
 
 
 def python_blocks(page: Path) -> list[str]:
     return BLOCK.findall(page.read_text())
 
 
+@pytest.fixture
+def llm_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeOpenAIServer]:
+    with FakeOpenAIServer() as server:
+        server.on(text_contains("You are a planner", roles=["system"]), json.dumps(DOC_PLAN))
+        monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
+        monkeypatch.setenv("OPENAI_API_KEY", "sk-docs")
+        yield server
+
+
 @pytest.mark.parametrize("page", [p for p in PAGES if python_blocks(p)], ids=lambda p: p.name)
-def test_page_examples_run(page: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_page_examples_run(page: Path, request: pytest.FixtureRequest,
+                           capsys: pytest.CaptureFixture[str]) -> None:
+    if page.name in LLM_PAGES:
+        server = request.getfixturevalue("llm_env")
     namespace: dict[str, object] = {"__name__": "__docs__"}
     for index, block in enumerate(python_blocks(page)):
         code = compile(block, f"{page.name}[block {index}]", "exec")
         exec(code, namespace)  # noqa: S102 - the docs are ours
     assert capsys.readouterr().err == ""
+    if page.name in LLM_PAGES:
+        assert server.chat_requests()  # the examples really talked to the server
