@@ -20,8 +20,8 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.helpers import StaticPlanner, random_dag  # noqa: E402
-from vibe_planner import MetaPlanner, NodeContext, Vibe, WorkflowPersistenceManager  # noqa: E402
+from tests.helpers import StaticPlanner, random_dag
+from vibe_planner import MetaPlanner, NodeContext, Vibe, WorkflowPersistenceManager
 
 
 def main() -> None:

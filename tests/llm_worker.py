@@ -14,7 +14,7 @@ import anyio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from vibe_planner import LLMConfig, MetaPlanner, Vibe, WorkflowPersistenceManager  # noqa: E402
+from vibe_planner import LLMConfig, MetaPlanner, Vibe, WorkflowPersistenceManager
 
 
 def main() -> None:

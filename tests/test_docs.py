@@ -47,7 +47,7 @@ def test_page_examples_run(page: Path, request: pytest.FixtureRequest,
     namespace: dict[str, object] = {"__name__": "__docs__"}
     for index, block in enumerate(python_blocks(page)):
         code = compile(block, f"{page.name}[block {index}]", "exec")
-        exec(code, namespace)  # noqa: S102 - the docs are ours
+        exec(code, namespace)
     assert capsys.readouterr().err == ""
     if page.name in LLM_PAGES:
         assert server.chat_requests()  # the examples really talked to the server

@@ -53,5 +53,5 @@ def test_blockbuster_would_catch_a_blocking_write(tmp_path: Path) -> None:
         with open(tmp_path / "x", "wb") as file:  # noqa: ASYNC230
             file.write(b"x")
 
-    with blockbuster_ctx(), pytest.raises(Exception, match="[Bb]locking"):
+    with blockbuster_ctx(), pytest.raises(Exception, match=r"[Bb]locking"):
         asyncio.run(blocking())

@@ -92,7 +92,7 @@ async def test_resume_from_a_specific_checkpoint(tmp_path: Path) -> None:
     rec = Recorder()
     planner = planner_for(tmp_path, DIAMOND, rec)
     await planner.execute_with_resume("diamond")
-    planned = [i for i in await planner.list_checkpoints() if i.reason == "planned"][0]
+    planned = next(i for i in await planner.list_checkpoints() if i.reason == "planned")
     result = await planner.execute_with_resume("diamond", checkpoint_id=planned.checkpoint_id)
     assert result.nodes_run == 5 and result.resumed_from == planned.checkpoint_id
     assert all(count == 2 for count in rec.calls.values())

@@ -23,10 +23,10 @@ class NodeLike(Protocol):
     """What the validator needs of a node."""
 
     @property
-    def id(self) -> str: ...  # noqa: D102
+    def id(self) -> str: ...
 
     @property
-    def depends_on(self) -> Sequence[str]: ...  # noqa: D102
+    def depends_on(self) -> Sequence[str]: ...
 
 
 def topological_order(

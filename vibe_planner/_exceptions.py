@@ -52,6 +52,7 @@ class InvalidVibeError(VibePlannerError, ValueError):
 
     Attributes:
         errors: One human-readable line per problem.
+
     """
 
     def __init__(self, errors: Sequence[str]) -> None:
@@ -66,6 +67,7 @@ class InvalidIdentifierError(VibePlannerError, ValueError):
         kind: ``"plan_id"`` or ``"checkpoint_id"``.
         value: The rejected value (shortened in the message).
         reason: Why it was rejected.
+
     """
 
     def __init__(self, kind: str, value: object, reason: str) -> None:
@@ -84,6 +86,7 @@ class PlanValidationError(VibePlannerError, ValueError):
     Attributes:
         problems: One line per problem found.
         node_ids: The nodes involved, in a stable order.
+
     """
 
     def __init__(self, problems: Sequence[str], node_ids: Sequence[str] = ()) -> None:
@@ -99,6 +102,7 @@ class PlanningError(VibePlannerError):
         reason: What went wrong.
         last_reply: The planner's last raw reply, if any.
         errors: The validation errors of each attempt, oldest first.
+
     """
 
     def __init__(
@@ -122,6 +126,7 @@ class NodeError(VibePlannerError):
         message: What went wrong.
         retryable: Whether another attempt may succeed.
         retry_after: Minimum seconds to wait before the next attempt, if known.
+
     """
 
     def __init__(
@@ -139,6 +144,7 @@ class NodeOutputError(VibePlannerError, TypeError):
     Attributes:
         node_id: The node whose output was rejected.
         reason: What the JSON encoder said.
+
     """
 
     retryable = False
@@ -156,6 +162,7 @@ class PlanLockedError(VibePlannerError):
         plan_id: The plan that is busy.
         path: The lock file.
         holder: What the lock file says about its holder (pid, host), if readable.
+
     """
 
     def __init__(self, plan_id: str, path: Path, holder: str | None) -> None:
@@ -176,6 +183,7 @@ class CheckpointNotFoundError(CheckpointError, LookupError):
     Attributes:
         checkpoint_id: The id asked for, or ``None`` when looking for the latest of a plan.
         plan_id: The plan searched, if known.
+
     """
 
     def __init__(self, checkpoint_id: str | None, plan_id: str | None = None) -> None:
@@ -196,6 +204,7 @@ class CheckpointCorruptError(CheckpointError):
     Attributes:
         path: The damaged file.
         reason: What is wrong with it.
+
     """
 
     def __init__(self, path: Path, reason: str) -> None:
@@ -210,6 +219,7 @@ class CheckpointMismatchError(CheckpointError):
     Attributes:
         plan_id: The plan id both share.
         reason: What differs.
+
     """
 
     def __init__(self, plan_id: str, reason: str) -> None:
@@ -224,6 +234,7 @@ class CheckpointWriteError(CheckpointError, OSError):
     Attributes:
         path: The file that could not be written.
         reason: The operating system's explanation.
+
     """
 
     def __init__(self, path: Path, reason: str, *, errno_: int | None = None) -> None:

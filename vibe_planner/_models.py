@@ -87,6 +87,7 @@ class Vibe(BaseModel):
     Example:
         >>> Vibe(description="a launch blog post", style="warm", constraints=["< 800 words"])
         Vibe(description='a launch blog post', style='warm', constraints=['< 800 words'], metadata={})
+
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -132,6 +133,7 @@ class WorkflowNode(BaseModel):
     Example:
         >>> WorkflowNode(id="outline", instructions="Outline the post", depends_on=["brief"]).kind
         'llm'
+
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")

@@ -21,7 +21,15 @@ from ._exceptions import (
     VibePlannerError,
 )
 from ._ids import check_checkpoint_id, check_plan_id
-from ._models import Checkpoint, CheckpointInfo, ExecutionResult, NodeStatus, Vibe, WorkflowPlan
+from ._models import (
+    Checkpoint,
+    CheckpointInfo,
+    ExecutionResult,
+    NodeStatus,
+    RunStatus,
+    Vibe,
+    WorkflowPlan,
+)
 from ._state import RunState, records_from_checkpoint
 from .execution._context import Handler, RetryPolicy
 from .execution._handlers import default_handlers, offline_llm_handler
@@ -67,6 +75,7 @@ class MetaPlanner:
 
     Example:
         >>> planner = MetaPlanner(checkpoint_interval=5, max_concurrency=16)
+
     """
 
     def __init__(
@@ -137,6 +146,7 @@ class MetaPlanner:
             ...             print(event.kind, event.completed, "/", event.total)
             ...             if isinstance(event, RunFinished):
             ...                 break
+
         """
         send, receive = anyio.create_memory_object_stream[ProgressEvent](buffer)
         self._subscribers.append(send)
@@ -195,6 +205,7 @@ class MetaPlanner:
                 call `execute` to start over; the damaged file is left in place).
             CheckpointMismatchError: The plan id's checkpoints were made for another vibe.
             PlanLockedError: Another process is running this plan.
+
         """
         vibe = as_vibe(vibe)
         plan_id = check_plan_id(plan_id) if plan_id is not None else vibe.default_plan_id()
@@ -217,6 +228,7 @@ class MetaPlanner:
 
         Raises:
             CheckpointNotFoundError: The plan has no checkpoint.
+
         """
         check_plan_id(plan_id)
         if checkpoint_id is not None:
@@ -306,7 +318,7 @@ class MetaPlanner:
             return await self._run_with(state, resumed_from, self.handlers)
         assert self.llm is not None
         async with LLMSession(self.llm, self._rate_limiter) as session:
-            handlers = {**self.handlers, "llm": LLMNodeHandler(session)}
+            handlers: dict[str, Handler] = {**self.handlers, "llm": LLMNodeHandler(session)}
             return await self._run_with(state, resumed_from, handlers)
 
     async def _run_with(
@@ -333,7 +345,7 @@ class MetaPlanner:
         if emit is not None:
             emit(scheduler.event(PlanCreated, planner=state.plan.planner,
                                  resumed_from=resumed_from, offline=self._ran_offline(state.plan)))
-        status = "failed"
+        status: RunStatus = "failed"
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(recorder.run, name="vibe_planner checkpoint writer")

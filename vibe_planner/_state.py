@@ -1,5 +1,4 @@
-"""The live state of one run, shared by the scheduler (which changes it) and the recorder
-(which snapshots it).
+"""The live state of one run: changed by the scheduler, snapshotted by the recorder.
 
 Node results are kept as JSON-ready *records*: plain dicts whose ``output`` is an
 `orjson.Fragment` of the already-encoded output. A record is never mutated once stored (a new

@@ -26,6 +26,7 @@ class NodeContext:
         attempt: 1 for the first attempt, 2 for the first retry, ...
         idempotency_key: ``<plan_id>:<node_id>``, stable across attempts, runs and resumes:
             pass it to external systems so a node re-run after a crash does not act twice.
+
     """
 
     node: WorkflowNode
@@ -58,6 +59,7 @@ class RetryPolicy:
     Example:
         >>> RetryPolicy(max_attempts=5, initial_delay=0.1).delay(3, jitter_draw=0.0)
         0.4
+
     """
 
     max_attempts: int = 3

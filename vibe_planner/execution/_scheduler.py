@@ -11,9 +11,9 @@ task costs more than running a no-op node, and the pool bounds concurrency by co
 from __future__ import annotations
 
 import time
-from datetime import datetime
 from collections import deque
 from collections.abc import Callable, Mapping
+from datetime import datetime
 from typing import Any
 
 import anyio

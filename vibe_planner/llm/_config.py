@@ -24,6 +24,7 @@ class LLMConfig(BaseModel):
         >>> config = LLMConfig(model="llama3.1", base_url="http://localhost:11434/v1", api_key="ollama")
         >>> config.api_key
         SecretStr('**********')
+
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")

@@ -60,6 +60,7 @@ class LLMPlanner:
         config: Endpoint, model, retries and repair budget.
         kinds: Node kinds the plan may use (those with a handler).
         rate_limiter: Shared with the runs' sessions so ``requests_per_minute`` is global.
+
     """
 
     name = "llm"

@@ -16,7 +16,7 @@ import email.utils
 import logging
 import random
 import time
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import openai
@@ -38,6 +38,7 @@ class LLMRequestError(NodeError):
         status_code: HTTP status, if the server answered.
         retryable: Whether the failure was transient.
         retry_after: Seconds the server asked to wait, if it said.
+
     """
 
     def __init__(
@@ -133,7 +134,7 @@ class LLMSession:
             self.requests += 1
             try:
                 completion = await self._client.chat.completions.create(
-                    model=self.config.model, messages=messages, **extra)  # type: ignore[call-overload]
+                    model=self.config.model, messages=cast(Any, messages), **extra)
             except openai.APIError as exc:
                 raise self._classify(exc) from None
         return _reply_of(completion)
@@ -160,7 +161,7 @@ class LLMSession:
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
         base = min(self.config.retry_max_delay, self.config.retry_initial_delay * 2**attempt)
         delay = base * (0.5 + random.random() / 2)
-        return max(delay, retry_after or 0.0)
+        return float(max(delay, retry_after or 0.0))
 
 
 def _reply_of(completion: Any) -> ChatReply:

@@ -1,4 +1,4 @@
-"""The checkpoint and journal codecs (orjson), with integrity checks and schema migration.
+r"""The checkpoint and journal codecs (orjson), with integrity checks and schema migration.
 
 A checkpoint document is the canonical JSON (sorted keys) of its fields followed by a
 ``checksum`` field holding ``sha256:<hex>`` of those canonical bytes. Decoding re-encodes the
@@ -82,7 +82,7 @@ def _parse_verified(raw: bytes, path: Path) -> dict[str, Any]:
     if not raw:
         raise CheckpointCorruptError(path, "empty file")
     try:
-        data = orjson.loads(raw)
+        data: Any = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise CheckpointCorruptError(path, f"not valid JSON (truncated or damaged): {exc}") from None
     if not isinstance(data, dict):
@@ -103,9 +103,10 @@ def _parse_verified(raw: bytes, path: Path) -> dict[str, Any]:
     if actual != checksum:
         raise CheckpointCorruptError(path, f"checksum mismatch (stored {checksum}, computed {actual})")
     data["checksum"] = checksum
-    while data["schema_version"] < SCHEMA_VERSION:
-        data = _MIGRATIONS[data["schema_version"]](data)
-    return data
+    document: dict[str, Any] = data
+    while document["schema_version"] < SCHEMA_VERSION:
+        document = _MIGRATIONS[document["schema_version"]](document)
+    return document
 
 
 def _check_consistency(cp: Checkpoint, path: Path) -> None:

@@ -57,6 +57,7 @@ class WorkflowPersistenceManager:
 
     Example:
         >>> manager = WorkflowPersistenceManager(checkpoint_dir=".vibe_checkpoints", keep_last=10)
+
     """
 
     def __init__(

@@ -143,7 +143,7 @@ class RunRecorder:
         progress.set()
 
     def _commit(self, records: list[Record], capture: Capture | None, reason: str | None) -> str | None:
-        """Runs in a worker thread: journal append, then snapshot, then journal compaction."""
+        """Append the journal, then write the snapshot, then compact the journal (worker thread)."""
         assert self._manager is not None
         store, state = self._manager.store, self._state
         plan_id, run_id = state.plan.plan_id, state.run_id

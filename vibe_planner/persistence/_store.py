@@ -99,33 +99,34 @@ class FileCheckpointStore(CheckpointStore):
 
     Args:
         root: The checkpoint folder, created (mode 0700) on first write.
+
     """
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
 
-    def location(self, plan_id: str, name: str | None = None) -> Path:  # noqa: D102
+    def location(self, plan_id: str, name: str | None = None) -> Path:
         folder = self.root / plan_id
         return folder if name is None else folder / name
 
-    def list_plans(self) -> list[str]:  # noqa: D102
+    def list_plans(self) -> list[str]:
         try:
             entries = list(os.scandir(self.root))
         except FileNotFoundError:
             return []
         return sorted(e.name for e in entries if e.is_dir(follow_symlinks=False) and _is_plan(e.name))
 
-    def list_checkpoints(self, plan_id: str) -> list[str]:  # noqa: D102
+    def list_checkpoints(self, plan_id: str) -> list[str]:
         names = self.list_names(plan_id, "cp-")
         return [n[:-5] for n in names if n.endswith(".json") and CHECKPOINT_ID.fullmatch(n[:-5])]
 
-    def list_names(self, plan_id: str, prefix: str) -> list[str]:  # noqa: D102
+    def list_names(self, plan_id: str, prefix: str) -> list[str]:
         try:
             return [n for n in os.listdir(self._folder(plan_id)) if n.startswith(prefix)]
         except FileNotFoundError:
             return []
 
-    def read(self, plan_id: str, name: str) -> bytes:  # noqa: D102
+    def read(self, plan_id: str, name: str) -> bytes:
         path = self.location(plan_id, name)
         try:
             fd = os.open(path, os.O_RDONLY | _NOFOLLOW | _CLOEXEC)
@@ -141,13 +142,13 @@ class FileCheckpointStore(CheckpointStore):
                 raise CheckpointCorruptError(path, "not a regular file")
             return file.read()
 
-    def size(self, plan_id: str, name: str) -> int:  # noqa: D102
+    def size(self, plan_id: str, name: str) -> int:
         try:
             return os.lstat(self.location(plan_id, name)).st_size
         except FileNotFoundError:
             return 0
 
-    def write_atomic(self, plan_id: str, name: str, data: bytes) -> None:  # noqa: D102
+    def write_atomic(self, plan_id: str, name: str, data: bytes) -> None:
         folder = self._folder(plan_id, create=True)
         final = folder / name
         temp = folder / f".{name}.tmp-{secrets.token_hex(4)}"
@@ -167,7 +168,7 @@ class FileCheckpointStore(CheckpointStore):
                 os.unlink(temp)
             raise CheckpointWriteError(final, _os_reason(exc), errno_=exc.errno) from exc
 
-    def append(self, plan_id: str, name: str, data: bytes) -> None:  # noqa: D102
+    def append(self, plan_id: str, name: str, data: bytes) -> None:
         folder = self._folder(plan_id, create=True)
         path = folder / name
         created = not os.path.lexists(path)
@@ -184,7 +185,7 @@ class FileCheckpointStore(CheckpointStore):
         except OSError as exc:
             raise CheckpointWriteError(path, _os_reason(exc), errno_=exc.errno) from exc
 
-    def truncate(self, plan_id: str, name: str) -> None:  # noqa: D102
+    def truncate(self, plan_id: str, name: str) -> None:
         path = self.location(plan_id, name)
         try:
             fd = os.open(path, os.O_WRONLY | _NOFOLLOW | _CLOEXEC)
@@ -200,7 +201,7 @@ class FileCheckpointStore(CheckpointStore):
         finally:
             os.close(fd)
 
-    def delete(self, plan_id: str, name: str) -> None:  # noqa: D102
+    def delete(self, plan_id: str, name: str) -> None:
         path = self.location(plan_id, name)
         try:
             os.unlink(path)
@@ -210,7 +211,7 @@ class FileCheckpointStore(CheckpointStore):
             raise CheckpointWriteError(path, _os_reason(exc), errno_=exc.errno) from exc
         _fsync_dir(path.parent)
 
-    def delete_plan(self, plan_id: str) -> None:  # noqa: D102
+    def delete_plan(self, plan_id: str) -> None:
         folder = self._folder(plan_id)
         try:
             names = os.listdir(folder)
@@ -224,7 +225,7 @@ class FileCheckpointStore(CheckpointStore):
             os.unlink(folder / name)
         os.rmdir(folder)
 
-    def lock(self, plan_id: str) -> PlanLock:  # noqa: D102
+    def lock(self, plan_id: str) -> PlanLock:
         folder = self._folder(plan_id, create=True)
         lock = PlanLock.acquire(plan_id, folder / ".lock")
         self._remove_stale_temps(folder)

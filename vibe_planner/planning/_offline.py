@@ -8,14 +8,17 @@ __all__ = ["OfflinePlanner"]
 
 
 class OfflinePlanner:
-    """Plans without a network: brief, audience, voice, one check per constraint, an outline,
-    sections drafted in parallel, then assembly, a constraint review and a final polish.
+    """Plans without a network, from the vibe's own words.
+
+    The plan: brief, audience, voice, one check per constraint, an outline, sections drafted
+    in parallel, then assembly, a constraint review and a final polish.
 
     Example:
         >>> import anyio
         >>> plan = anyio.run(OfflinePlanner().plan, Vibe(description="a haiku about tea"))
         >>> plan.order[0], plan.order[-1]
         ('brief', 'final')
+
     """
 
     name = "offline"
@@ -31,8 +34,8 @@ class OfflinePlanner:
             WorkflowNode(id="brief", instructions=f"Restate the goal in one paragraph: {vibe.description}"),
             WorkflowNode(id="audience", instructions="Describe who this is for and what they need.",
                          depends_on=["brief"]),
-            WorkflowNode(id="voice", instructions=f"Define the voice and tone: {vibe.style or 'clear, friendly'}",
-                         depends_on=["brief"]),
+            WorkflowNode(id="voice", depends_on=["brief"],
+                         instructions=f"Define the voice and tone: {vibe.style or 'clear, friendly'}"),
         ]
         checks = []
         for index, constraint in enumerate(vibe.constraints, start=1):
