@@ -180,11 +180,6 @@ class WorkflowPersistenceManager:
             self._locks.pop(lock.plan_id, None)
         await anyio.to_thread.run_sync(lock.release)
 
-    def holds(self, plan_id: str) -> bool:
-        """Whether this manager holds the plan's lock (a run of it is in progress here)."""
-        with self._mutex:
-            return plan_id in self._locks
-
     def write_snapshot_sync(self, plan_id: str, run_id: str, encode: Any) -> str:
         """Allocate the next id, write ``encode(checkpoint_id, sequence)`` atomically, prune.
 

@@ -19,7 +19,6 @@ import os
 import secrets
 import stat
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
 from pathlib import Path
 
 from .._exceptions import (
@@ -247,11 +246,6 @@ class FileCheckpointStore(CheckpointStore):
         elif os.path.islink(folder):
             raise CheckpointCorruptError(folder, "plan folder is a symlink; refusing to follow it")
         return folder
-
-    def iter_files(self, plan_id: str) -> Iterator[Path]:
-        """Yield every file of a plan folder (for verification tools)."""
-        for name in sorted(self.list_names(plan_id, "")):
-            yield self._folder(plan_id) / name
 
 
 def _is_plan(name: str) -> bool:
