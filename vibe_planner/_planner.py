@@ -300,10 +300,10 @@ class MetaPlanner:
         if restored.journal_problem is not None:
             logger.warning("plan %s: ignored the end of its journal: %s", checkpoint.plan_id,
                            restored.journal_problem)
-        check_handlers(checkpoint.workflow_plan.nodes, self.handlers)
         done = not checkpoint.pending_nodes and not checkpoint.failed_nodes
         if done and not restored.journal_records:
             return _stored_result(checkpoint)
+        check_handlers(checkpoint.workflow_plan.nodes, self.handlers)
         state = RunState(checkpoint.workflow_plan, _new_run_id(),
                          {**checkpoint.metadata, **(metadata or {})})
         state.usage = checkpoint.usage
