@@ -52,6 +52,8 @@ async def test_callback_sees_the_whole_run_in_order(tmp_path: Path) -> None:
     completed = [e.node_id for e in events if isinstance(e, NodeCompleted)]
     assert sorted(started) == sorted(completed) == ["a", "b", "c", "d"]
     assert started[0] == "a" and completed[-1] == "d"
+    # Counts include the event's own node: the fourth completion says 4/4.
+    assert [e.completed for e in events if isinstance(e, NodeCompleted)] == [1, 2, 3, 4]
     written = [e.checkpoint_id for e in events if isinstance(e, CheckpointWritten)]
     assert written == result.checkpoints_written
     counts = [e.completed for e in events]
@@ -72,7 +74,7 @@ async def test_failure_retry_and_skip_events(tmp_path: Path) -> None:
     retry = [e for e in events if isinstance(e, NodeRetrying)]
     assert [(e.node_id, e.attempt, e.error) for e in retry] == [("b", 1, "blip")]
     failed = [e for e in events if isinstance(e, NodeFailed)]
-    assert [(e.node_id, e.error) for e in failed] == [("b", "b broke")]
+    assert [(e.node_id, e.error, e.failed) for e in failed] == [("b", "b broke", 1)]
     skipped = [e for e in events if isinstance(e, NodeSkipped)]
     assert [(e.node_id, e.because_of) for e in skipped] == [("d", "b")]
     assert isinstance(events[-1], RunFinished) and events[-1].status == "failed"

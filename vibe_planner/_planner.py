@@ -233,6 +233,9 @@ class MetaPlanner:
         check_plan_id(plan_id)
         if checkpoint_id is not None:
             check_checkpoint_id(checkpoint_id)
+        store = self.persistence_manager.store
+        if not await anyio.to_thread.run_sync(store.list_checkpoints, plan_id):
+            raise CheckpointNotFoundError(checkpoint_id, plan_id)  # before the lock makes a folder
         async with self._locked(plan_id):
             restored = await self._restore(plan_id, checkpoint_id)
             if restored is None:

@@ -4,7 +4,7 @@ Exit codes (see ``docs/cli.md``):
 
 ====  =========================================================================================
 0     done (``run``/``resume``: every node completed)
-1     the run ended with failed nodes; or an unexpected error
+1     the run ended with failed nodes; or any other error (`PlanningError`, disk errors, ...)
 2     usage: bad arguments, `InvalidVibeError`, `InvalidIdentifierError`,
       `PlanValidationError`, `CheckpointNotFoundError`, `CheckpointMismatchError`
 3     a damaged checkpoint or journal file (`CheckpointCorruptError`, ``checkpoints verify``)
@@ -139,7 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     _execution_options(resume)
     resume.set_defaults(handler=_commands.resume_run_command)
 
-    plan = commands.add_parser("plan", parents=[common], help="print a vibe's plan without running it")
+    plan = commands.add_parser("plan", parents=[common],
+                               help="print a vibe's plan without running it")
     _vibe_options(plan)
     plan.add_argument("--plan-id", metavar="ID", help="plan id (default: derived from the vibe)")
     plan.add_argument("--format", choices=["tree", "mermaid", "json"], default="tree",
@@ -151,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _global_options() -> argparse.ArgumentParser:
+def _global_options() -> _Parser:
     # Defaults are SUPPRESS so a subcommand's parser does not overwrite a value given before
     # the subcommand name; `main` fills them in.
     common = _Parser(add_help=False)
@@ -196,7 +197,8 @@ def _checkpoint_commands(parser: argparse.ArgumentParser) -> None:
     delete = commands.add_parser("delete", parents=[common], help="delete one checkpoint")
     delete.add_argument("checkpoint_id", metavar="ID")
     delete.set_defaults(handler=_checkpoints.delete_command)
-    prune = commands.add_parser("prune", parents=[common], help="keep only a plan's newest checkpoints")
+    prune = commands.add_parser("prune", parents=[common],
+                                help="keep only a plan's newest checkpoints")
     prune.add_argument("plan_id", metavar="PLAN_ID")
     prune.add_argument("--keep-last", metavar="K", type=_positive_int, required=True,
                        help="how many of the newest checkpoints to keep")

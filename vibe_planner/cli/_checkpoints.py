@@ -14,7 +14,7 @@ from rich import box
 from rich.table import Table
 from rich.text import Text
 
-from vibe_planner import Checkpoint, CheckpointInfo, NodeStatus, WorkflowPersistenceManager
+from vibe_planner import Checkpoint, CheckpointInfo, WorkflowPersistenceManager
 
 from ._commands import EXIT_CORRUPT, EXIT_OK
 from ._render import format_size, format_time, make_console
@@ -23,7 +23,7 @@ __all__ = ["delete_command", "list_command", "prune_command", "show_command", "v
 
 
 def list_command(args: argparse.Namespace) -> int:
-    """``checkpoints list [PLAN_ID]``: a table of checkpoints, newest first; damaged ones say why."""
+    """``checkpoints list [PLAN_ID]``: a table of checkpoints, newest first (damaged ones too)."""
     manager = WorkflowPersistenceManager(args.checkpoint_dir)
     infos = anyio.run(manager.list_checkpoints, args.plan_id)
     console = make_console(sys.stdout)
@@ -103,13 +103,9 @@ def _table(infos: list[CheckpointInfo]) -> Table:
     return table
 
 
-def _details(checkpoint: Checkpoint, path: str) -> Table:
-    grid = Table.grid(padding=(0, 2))
-    grid.add_column(style="bold", no_wrap=True)
-    grid.add_column()
+def _details(checkpoint: Checkpoint, path: str) -> Text:
     vibe = checkpoint.vibe
-    results = checkpoint.node_results
-    rows: list[tuple[str, str | Text]] = [
+    rows: list[tuple[str, str]] = [
         ("checkpoint", checkpoint.checkpoint_id),
         ("plan", checkpoint.plan_id),
         ("file", path),
@@ -126,17 +122,22 @@ def _details(checkpoint: Checkpoint, path: str) -> Table:
                      f"{len(checkpoint.pending_nodes)} pending"),
         ("completed", ", ".join(checkpoint.completed_nodes) or "-"),
         ("pending", ", ".join(checkpoint.pending_nodes) or "-"),
+        *[("failed", _failure(checkpoint, node_id)) for node_id in checkpoint.failed_nodes],
+        ("tokens", f"{checkpoint.usage.total_tokens} in {checkpoint.usage.requests} requests"),
     ]
-    for node_id in checkpoint.failed_nodes:
-        result = results.get(node_id)
-        error = result.error if result is not None and result.status == NodeStatus.FAILED else None
-        message = f"{error.type}: {error.message}" if error is not None else "failed"
-        rows.append(("failed", Text(f"{node_id}: {message}", style="red")))
-    usage = checkpoint.usage
-    rows.append(("tokens", f"{usage.total_tokens} in {usage.requests} requests"))
+    text = Text()
     for key, value in rows:
-        grid.add_row(key, value)
-    return grid
+        text.append(f"{key:<13}", style="bold")
+        text.append(f"{value}\n", style="red" if key == "failed" else "")
+    text.rstrip()
+    return text
+
+
+def _failure(checkpoint: Checkpoint, node_id: str) -> str:
+    result = checkpoint.node_results.get(node_id)
+    error = result.error if result is not None else None
+    reason = f"{error.type}: {error.message}" if error is not None else "failed"
+    return f"{node_id}: {reason}"
 
 
 def _clip(text: str, limit: int = 300) -> str:

@@ -7,6 +7,7 @@ are left to propagate: `vibe_planner.cli._app.main` turns them into one line and
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from collections.abc import Awaitable, Callable
@@ -28,11 +29,11 @@ from ._progress import open_display, watch
 from ._render import make_console, print_plan, print_summary, resume_command
 
 __all__ = [
+    "EXIT_CORRUPT",
     "EXIT_FAILED",
     "EXIT_INTERRUPTED",
-    "EXIT_OK",
-    "EXIT_CORRUPT",
     "EXIT_LOCKED",
+    "EXIT_OK",
     "EXIT_USAGE",
     "OFFLINE_DELAY_ENV",
     "UsageError",
@@ -45,7 +46,7 @@ __all__ = [
 EXIT_OK = 0
 """The command did what was asked (for ``run``/``resume``: every node completed)."""
 EXIT_FAILED = 1
-"""The run ended with failed nodes, or an unexpected error."""
+"""The run ended with failed nodes, planning failed, or another error."""
 EXIT_USAGE = 2
 """Bad command line or input: arguments, vibe, ids, unknown or mismatched checkpoint."""
 EXIT_CORRUPT = 3
@@ -136,9 +137,9 @@ def _execute(
 def _report_interrupt(planner: MetaPlanner, plan_id: str, checkpoint_dir: str) -> None:
     """Say how to continue: resume if a checkpoint exists, else run the same command again."""
     try:
-        saved = anyio.run(planner.list_checkpoints, plan_id)
-    except Exception:
-        saved = []
+        saved = bool(anyio.run(planner.list_checkpoints, plan_id))
+    except Exception:  # a damaged folder still holds checkpoints: resume will say what is wrong
+        saved = True
     if saved:
         hint = f"progress is saved; resume with: {resume_command(plan_id, checkpoint_dir)}"
     else:
@@ -159,7 +160,7 @@ def _offline_delay() -> float:
         delay = float(raw)
     except ValueError:
         raise UsageError(f"{OFFLINE_DELAY_ENV} must be a number of seconds, got {raw!r}") from None
-    if delay < 0 or delay != delay:
+    if not 0 <= delay < math.inf:
         raise UsageError(f"{OFFLINE_DELAY_ENV} must be >= 0, got {raw!r}")
     return delay
 

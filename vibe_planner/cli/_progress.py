@@ -8,12 +8,12 @@ display redraws from any single event and a dropped event costs nothing but a li
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import Protocol, TypeVar
 
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream
-from rich.console import Console
+from rich.console import Console, RenderableType
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -72,27 +72,37 @@ class PlainDisplay:
         self._console.file.flush()
 
 
-class LiveDisplay:
-    """A progress bar with counts, elapsed time and last checkpoint, redrawn in place.
+class _RunProgress(Progress):
+    """A progress bar with a second line for the last checkpoint (rich's documented extension)."""
 
-    Plan, failure and retry events are also printed above the bar, so they stay on screen.
+    checkpoint = "none yet"
+
+    def get_renderables(self) -> Iterable[RenderableType]:
+        """Yield the bar, then the checkpoint line."""
+        yield self.make_tasks_table(self.tasks)
+        yield Text(f"last checkpoint: {self.checkpoint}", style="dim")
+
+
+class LiveDisplay:
+    """A progress bar with counts and elapsed time, and the last checkpoint, redrawn in place.
+
+    Plan, failure and retry events are also printed above the bar, so they stay on screen
+    when the bar goes away at the end of the run.
     """
 
-    def __init__(self, progress: Progress) -> None:
+    def __init__(self, progress: _RunProgress) -> None:
         self._progress = progress
-        self._task: TaskID = progress.add_task("planning", total=None, running=0, failed=0,
-                                               checkpoint="-")
+        self._task: TaskID = progress.add_task("planning", total=None, running=0, failed=0)
 
     def show(self, event: ProgressEvent) -> None:
         """Update the bar from *event*'s counts; print the events worth keeping."""
-        fields: dict[str, object] = {"running": event.running, "failed": event.failed}
-        if isinstance(event, CheckpointWritten):
-            fields["checkpoint"] = f"{event.checkpoint_id} ({event.reason})"
-        if isinstance(event, PlanCreated):
-            fields["description"] = event.plan_id
+        status = "running" if isinstance(event, PlanCreated) else None
         if isinstance(event, RunFinished):
-            fields["description"] = f"{event.plan_id} {event.status}"
-        self._progress.update(self._task, total=event.total, completed=event.completed, **fields)
+            status = event.status
+        if isinstance(event, CheckpointWritten):
+            self._progress.checkpoint = f"{event.checkpoint_id} ({event.reason})"
+        self._progress.update(self._task, total=event.total, completed=event.completed,
+                              description=status, running=event.running, failed=event.failed)
         if isinstance(event, PlanCreated | NodeFailed | NodeRetrying | NodeSkipped):
             style = "yellow" if isinstance(event, PlanCreated | NodeRetrying) else "red"
             self._progress.console.print(Text(describe(event), style=style))
@@ -102,9 +112,11 @@ def describe(event: ProgressEvent) -> str:
     """Return one line saying what *event* means."""
     counts = f"({event.completed}/{event.total})"
     if isinstance(event, PlanCreated):
-        origin = f"resumed from {event.resumed_from}" if event.resumed_from else "planned"
+        if event.resumed_from is not None:
+            return (f"plan {event.plan_id}: {event.total} nodes, resumed from "
+                    f"{event.resumed_from} with {event.completed} completed")
         offline = " (offline: no LLM configured)" if event.offline else ""
-        return f"plan {event.plan_id} {origin} by {event.planner}: {event.total} nodes{offline}"
+        return f"plan {event.plan_id}: {event.total} nodes, planned by {event.planner}{offline}"
     if isinstance(event, NodeStarted):
         again = f" (attempt {event.attempt})" if event.attempt > 1 else ""
         return f"node {event.node_id} started{again}"
@@ -118,7 +130,8 @@ def describe(event: ProgressEvent) -> str:
     if isinstance(event, NodeSkipped):
         return f"node {event.node_id} skipped: dependency {event.because_of} failed"
     if isinstance(event, CheckpointWritten):
-        return f"checkpoint {event.checkpoint_id} written ({event.reason}) {counts}"
+        return (f"checkpoint {event.checkpoint_id} written "
+                f"({event.reason}, {event.completed}/{event.total})")
     if isinstance(event, RunFinished):
         return f"run {event.status} in {event.duration:.2f}s {counts}"
     return f"{event.kind} {counts}"
@@ -129,14 +142,15 @@ def open_display(console: Console, *, quiet: bool) -> Iterator[Display]:
     """Yield the display fitting *console*: live on a terminal, plain lines otherwise."""
     if quiet:
         yield NullDisplay()
-    elif not console.is_terminal:
+    elif not console.is_interactive:
         yield PlainDisplay(console)
     else:
-        progress = Progress(
-            SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("running {task.fields[running]}  failed {task.fields[failed]}"),
-            TimeElapsedColumn(), TextColumn("checkpoint {task.fields[checkpoint]}"),
-            console=console, refresh_per_second=10,
+        progress = _RunProgress(
+            SpinnerColumn(), TextColumn("{task.description:<9}"), BarColumn(bar_width=24),
+            MofNCompleteColumn(), TextColumn("running {task.fields[running]}, failed "
+                                             "{task.fields[failed]}"),
+            TimeElapsedColumn(), console=console, refresh_per_second=10,
+            transient=True,  # the summary that follows says the same, for good
         )
         with progress:
             yield LiveDisplay(progress)
@@ -147,12 +161,18 @@ async def watch(planner: MetaPlanner, display: Display, call: Callable[[], Await
 
     Every event emitted before *call* returns is shown before `watch` returns: the display
     reads its own clone of the subscription, which ends once the subscription closes and the
-    events already queued are drained.
+    events already queued are drained. An error of *call* is raised as itself, not wrapped
+    in the task group's exception group.
     """
-    async with anyio.create_task_group() as tg:
-        async with planner.subscribe(buffer=_BUFFER) as events:
+    try:
+        async with anyio.create_task_group() as tg, planner.subscribe(buffer=_BUFFER) as events:
             tg.start_soon(_forward, events.clone(), display)
-            return await call()
+            result = await call()
+    except BaseExceptionGroup as group:
+        if len(group.exceptions) == 1 and not isinstance(group.exceptions[0], BaseExceptionGroup):
+            raise group.exceptions[0] from None
+        raise
+    return result
 
 
 async def _forward(events: MemoryObjectReceiveStream[ProgressEvent], display: Display) -> None:

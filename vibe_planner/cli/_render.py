@@ -6,6 +6,7 @@ node outputs and vibes are user text, and ``[offline:brief]`` must not be read a
 
 from __future__ import annotations
 
+import errno
 import json
 import shlex
 from datetime import datetime
@@ -33,10 +34,23 @@ _PIPE_WIDTH = 10_000
 """Console width when not writing to a terminal: lines are never wrapped in files and pipes."""
 
 
+class _Console(Console):
+    """A console that reports a closed pipe as `BrokenPipeError`.
+
+    Rich's default raises `SystemExit`, which would tear through the event loop from inside
+    the display task; an ordinary error lets the run be cancelled (and checkpointed) first.
+    """
+
+    def on_broken_pipe(self) -> None:
+        """Stop writing, and raise `BrokenPipeError` for `vibe_planner.cli._app.main`."""
+        self.quiet = True
+        raise BrokenPipeError(errno.EPIPE, "the output was closed")
+
+
 def make_console(stream: IO[str]) -> Console:
-    """Return a console for *stream*: colours and live display on a terminal, plain text elsewhere."""
+    """Return a console for *stream*: colours and live display on a terminal, else plain text."""
     is_tty = stream.isatty()
-    return Console(
+    return _Console(
         file=stream, markup=False, highlight=False, emoji=False,
         width=None if is_tty else _PIPE_WIDTH, force_terminal=None if is_tty else False,
     )
@@ -113,9 +127,13 @@ def _print_outputs(console: Console, result: ExecutionResult) -> None:
     for node_id, output in result.outputs.items():
         console.print()
         console.print(Text(f"output of {node_id}:", style="bold"))
-        text = output if isinstance(output, str) else json.dumps(output, indent=2, ensure_ascii=False)
-        for line in text.splitlines() or [""]:
+        for line in _as_text(output).splitlines() or [""]:
             console.print(Text("  " + line if line else ""))
+
+
+def _as_text(output: object) -> str:
+    """Return a text output as is, any other JSON value pretty-printed."""
+    return output if isinstance(output, str) else json.dumps(output, indent=2, ensure_ascii=False)
 
 
 # -- plans ---------------------------------------------------------------------------------------
@@ -148,7 +166,8 @@ def plan_tree(plan: WorkflowPlan) -> Tree:
     A node shared by several branches is expanded once; later mentions say ``(see above)``.
     """
     label = Text(f"plan {plan.plan_id}", style="bold")
-    label.append(f" ({len(plan.nodes)} nodes, planner {plan.planner}): {_shorten(plan.vibe.description)}")
+    label.append(f" ({len(plan.nodes)} nodes, planner {plan.planner}): ")
+    label.append(_shorten(plan.vibe.description))
     root = Tree(label)
     expanded: set[str] = set()
     for sink in plan.sinks():
@@ -161,7 +180,7 @@ def _add_branch(parent: Tree, plan: WorkflowPlan, node_id: str, expanded: set[st
     label = Text(node_id, style="cyan")
     if node.kind != "llm":
         label.append(f" [{node.kind}]")
-    if node_id in expanded and node.depends_on:
+    if node_id in expanded:
         label.append(" (see above)", style="dim")
         parent.add(label)
         return

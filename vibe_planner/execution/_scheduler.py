@@ -136,6 +136,9 @@ class Scheduler:
         self._recorder.node_finished(record)
         if record["status"] == "completed":
             self.completed += 1
+            if self._emit is not None:
+                duration = (record["finished_at"] - started_at).total_seconds()
+                self._emit(self.event(NodeCompleted, node_id=node_id, duration=duration))
             readied = False
             for child in self._dependents[node_id]:
                 self._waiting[child] -= 1
@@ -146,6 +149,8 @@ class Scheduler:
                 self._wake_workers()
         else:
             self.failed += 1
+            if self._emit is not None:
+                self._emit(self.event(NodeFailed, node_id=node_id, error=record["error"]["message"]))
             self._skip_dependents(node_id)
             if self._fail_fast:
                 assert self._tg is not None
@@ -159,7 +164,6 @@ class Scheduler:
         attempts = node.max_attempts or self._retry.max_attempts
         timeout = node.timeout or self._timeout
         inputs = {dep: state.outputs[dep] for dep in node.depends_on}
-        t_start = time.monotonic()
         for attempt in range(1, attempts + 1):
             context = NodeContext(node, inputs, state.plan.vibe, state.plan.plan_id, state.run_id,
                                   attempt, f"{state.plan.plan_id}:{node.id}")
@@ -183,9 +187,6 @@ class Scheduler:
                                            delay=delay, error=_describe(exc)))
                 await anyio.sleep(delay)
                 continue
-            if self._emit is not None:
-                self._emit(self.event(NodeCompleted, node_id=node.id,
-                                       duration=time.monotonic() - t_start))
             return record
         raise AssertionError("unreachable: the last attempt returns")  # pragma: no cover
 
@@ -198,8 +199,6 @@ class Scheduler:
             node.id, NodeStatus.FAILED, error=error, attempts=attempt, started_at=started_at,
             usage=context.usage,
         )
-        if self._emit is not None:
-            self._emit(self.event(NodeFailed, node_id=node.id, error=error["message"]))
         return record
 
     def _skip_dependents(self, node_id: str) -> None:

@@ -16,14 +16,16 @@ import email.utils
 import logging
 import random
 import time
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import anyio
-import openai
 
 from .._exceptions import NodeError
 from .._models import TokenUsage
 from ._config import LLMConfig
+
+if TYPE_CHECKING:
+    import openai
 
 __all__ = ["ChatReply", "LLMRequestError", "LLMSession", "RateLimiter"]
 
@@ -90,6 +92,10 @@ class LLMSession:
         """HTTP requests sent (retries included)."""
 
     async def __aenter__(self) -> LLMSession:
+        # Imported here: the SDK takes about a second to import, which every CLI command and
+        # offline run would otherwise pay for nothing.
+        import openai
+
         key = self.config.api_key.get_secret_value() if self.config.api_key else None
         self._client = openai.AsyncOpenAI(
             api_key=key or "not-needed", base_url=self.config.base_url,
@@ -129,6 +135,8 @@ class LLMSession:
             extra["response_format"] = response_format
         if self.config.temperature is not None:
             extra["temperature"] = self.config.temperature
+        import openai
+
         async with self._limiter:
             await self._rate.wait_turn()
             self.requests += 1
@@ -140,6 +148,8 @@ class LLMSession:
         return _reply_of(completion)
 
     def _classify(self, exc: openai.APIError) -> LLMRequestError:
+        import openai
+
         if isinstance(exc, openai.APITimeoutError):
             return LLMRequestError(f"LLM request timed out after {self.config.timeout}s",
                                    status_code=None, retryable=True, retry_after=None)
