@@ -605,10 +605,9 @@ def _rule_reply(rule: Mapping[str, Any]) -> Reply:
             retry_after=rule.get("retry_after"),
             delay=delay,
         )
-    if "content_json" in rule:
-        content = json.dumps(rule["content_json"])
-    else:
-        content = str(rule.get("content", ""))
+    content = (
+        json.dumps(rule["content_json"]) if "content_json" in rule else str(rule.get("content", ""))
+    )
     return Reply(content=content, status=status, delay=delay)
 
 
