@@ -51,3 +51,25 @@ def test_page_examples_run(page: Path, request: pytest.FixtureRequest,
     assert capsys.readouterr().err == ""
     if page.name in LLM_PAGES:
         assert server.chat_requests()  # the examples really talked to the server
+
+
+def test_readme_starts_with_the_two_commands_and_the_run_command_works(tmp_path: Path) -> None:
+    import shlex
+    import subprocess
+    import sys
+
+    text = (ROOT / "README.md").read_text()
+    block = re.search(r"```console\n(.*?)```", text, re.S)
+    assert block is not None and text.index(block.group(0)) < 40  # the README's first lines
+    install_and_run, install_and_test = block.group(1).strip().splitlines()
+    assert "pip install" in install_and_run and "vibe-planner run" in install_and_run
+    assert "nox" in install_and_test
+    assert install_and_test in (ROOT / ".ci" / "run").read_text()  # CI runs the same command
+    # Run the README's run command with the installed console script (the install is CI's job).
+    argv = shlex.split(install_and_run.split("&&")[-1])
+    script = Path(sys.executable).parent / "vibe-planner"
+    done = subprocess.run([str(script), *argv[1:]], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "offline" in done.stdout
+    assert list((tmp_path / ".vibe_checkpoints").glob("*/cp-*.json"))
