@@ -30,6 +30,7 @@ from vibe_planner.cli import main
 
 SCRIPT = Path(sys.executable).parent / "vibe-planner"
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "cli.md"
+README = DOCS.parent.parent / "README.md"
 VIBE = "a launch post for our coffee brand"
 CONSTRAINT = "under 800 words"
 PLAN_ID = Vibe(description=VIBE, constraints=[CONSTRAINT]).default_plan_id()
@@ -409,8 +410,8 @@ def test_live_display_on_a_terminal(tmp_path: Path) -> None:
 
 
 # -- the documentation ------------------------------------------------------------------------------
-def doc_blocks(kind: str) -> Iterator[list[str]]:
-    text = DOCS.read_text(encoding="utf-8")
+def doc_blocks(kind: str, page: Path = DOCS) -> Iterator[list[str]]:
+    text = page.read_text(encoding="utf-8")
     for block in re.findall(rf"^```{kind}\n(.*?)^```", text, re.DOTALL | re.MULTILINE):
         yield block.splitlines()
 
@@ -422,10 +423,12 @@ def normalise(line: str) -> str:
     return " ".join(re.sub(r"\d+", "0", line).split())
 
 
-def doc_session() -> list[tuple[dict[str, str], list[str], list[str]]]:
+def doc_session(page: Path = DOCS) -> list[tuple[dict[str, str], list[str], list[str]]]:
     """The ``$ vibe-planner`` commands of the console blocks, with their env and shown output."""
     commands: list[tuple[dict[str, str], list[str], list[str]]] = []
-    for block in doc_blocks("console"):
+    for block in doc_blocks("console", page):
+        if not any(line.startswith("$ ") for line in block):
+            continue  # the README's set-up commands, tested in test_docs.py
         for line in block:
             if line.startswith("$ "):
                 words = shlex.split(line[2:])
@@ -438,10 +441,15 @@ def doc_session() -> list[tuple[dict[str, str], list[str], list[str]]]:
     return commands
 
 
-def test_docs_console_session_runs_as_shown(tmp_path: Path) -> None:
-    session = doc_session()
-    assert [argv[:2] for _, argv, _ in session] == [
-        ["run", VIBE], ["resume", PLAN_ID_DOCS], ["checkpoints", "list"], ["plan", "a haiku about tea"]]
+@pytest.mark.parametrize(("page", "commands"), [
+    pytest.param(DOCS, [["run", VIBE], ["resume", PLAN_ID_DOCS], ["checkpoints", "list"],
+                        ["plan", "a haiku about tea"]], id="docs-cli"),
+    pytest.param(README, [["run", VIBE], ["resume", PLAN_ID_DOCS], ["checkpoints", "list"]],
+                 id="readme"),
+])
+def test_docs_console_session_runs_as_shown(tmp_path: Path, page: Path, commands: list[list[str]]) -> None:
+    session = doc_session(page)
+    assert [argv[:2] for _, argv, _ in session] == commands
     for env, argv, shown in session:
         if "^C" in shown:
             code, out, err = interrupt_after_first_node(tmp_path, argv, env)

@@ -7,7 +7,11 @@ address is put in ``OPENAI_BASE_URL`` as a user would.
 from __future__ import annotations
 
 import json
+import os
 import re
+import shlex
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -54,10 +58,6 @@ def test_page_examples_run(page: Path, request: pytest.FixtureRequest,
 
 
 def test_readme_starts_with_the_two_commands_and_the_run_command_works(tmp_path: Path) -> None:
-    import shlex
-    import subprocess
-    import sys
-
     text = (ROOT / "README.md").read_text()
     block = re.search(r"```console\n(.*?)```", text, re.S)
     assert block is not None and text.index(block.group(0)) < 40  # the README's first lines
@@ -73,3 +73,23 @@ def test_readme_starts_with_the_two_commands_and_the_run_command_works(tmp_path:
     assert done.returncode == 0, done.stderr
     assert "offline" in done.stdout
     assert list((tmp_path / ".vibe_checkpoints").glob("*/cp-*.json"))
+
+
+def test_providers_shell_example_runs_against_a_loopback_server(tmp_path: Path) -> None:
+    block = re.search(r"```console\n(.*?)```", (ROOT / "docs" / "providers.md").read_text(), re.S)
+    assert block is not None
+    export, run = [line.removeprefix("$ ") for line in block.group(1).strip().splitlines()]
+    env = dict(os.environ)
+    env.update(word.split("=", 1) for word in shlex.split(export)[1:])
+    assert env["OPENAI_BASE_URL"] == "http://localhost:11434/v1"
+    with FakeOpenAIServer() as server:
+        server.on(text_contains("You are a planner", roles=["system"]), json.dumps(DOC_PLAN))
+        env["OPENAI_BASE_URL"] = server.base_url  # stands in for the Ollama server
+        argv = shlex.split(run)
+        script = Path(sys.executable).parent / argv[0]
+        done = subprocess.run([str(script), *argv[1:]], cwd=tmp_path, env=env, capture_output=True,
+                              text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert {b["model"] for b in server.chat_requests()} == {env["VIBE_PLANNER_MODEL"]}
+        assert len(server.chat_requests()) == 1 + len(DOC_PLAN["nodes"])
+    assert "completed: plan" in done.stdout and "ran offline" not in done.stdout
