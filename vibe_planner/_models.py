@@ -38,6 +38,38 @@ __all__ = [
 SCHEMA_VERSION = 1
 """Version of the checkpoint document written by this release."""
 
+MAX_JSON_DEPTH = 200
+"""Deepest nesting accepted in outputs, parameters and metadata.
+
+Checkpoints embed these values a few levels down and orjson refuses documents nested more than
+255 levels, so deeper values are refused up front, where the error can name them.
+"""
+_DEPTH_PAD = 254 - MAX_JSON_DEPTH
+
+
+def encode_json_bounded(value: Any) -> bytes:
+    """Encode *value* canonically (sorted keys); `TypeError` if not JSON or nested too deeply."""
+    # Wrapping in _DEPTH_PAD lists makes orjson's own depth limit enforce MAX_JSON_DEPTH on
+    # the value, at no extra cost; the wrapper's brackets are then sliced off.
+    wrapped: Any = value
+    for _ in range(_DEPTH_PAD):
+        wrapped = [wrapped]
+    try:
+        encoded = orjson.dumps(wrapped, option=orjson.OPT_SORT_KEYS)
+    except TypeError as exc:
+        if "Recursion limit" in str(exc):
+            raise TypeError(f"nested more than {MAX_JSON_DEPTH} levels deep") from None
+        raise
+    return encoded[_DEPTH_PAD:-_DEPTH_PAD]
+
+
+def _bounded_json(value: dict[str, Any]) -> dict[str, Any]:
+    try:
+        encode_json_bounded(value)
+    except TypeError as exc:
+        raise ValueError(str(exc)) from None
+    return value
+
 CheckpointReason = Literal[
     "planned", "resumed", "interval", "failure", "cancelled", "final", "manual"
 ]
@@ -76,7 +108,10 @@ class NodeStatus(StrEnum):
 def _pydantic_problems(exc: pydantic.ValidationError) -> list[str]:
     problems = []
     for error in exc.errors(include_url=False):
-        where = ".".join(str(part) for part in error["loc"]) or "value"
+        parts = [str(part) for part in error["loc"]]
+        if len(parts) > 8:  # a deeply nested value: keep the start, which names the field
+            parts = [*parts[:4], "...", *parts[-2:]]
+        where = ".".join(parts) or "value"
         problems.append(f"{where}: {error['msg']}")
     return problems
 
@@ -106,6 +141,8 @@ class Vibe(BaseModel):
             super().__init__(**data)
         except pydantic.ValidationError as exc:
             raise InvalidVibeError(_pydantic_problems(exc)) from None
+
+    _metadata_depth = field_validator("metadata")(classmethod(lambda cls, v: _bounded_json(v)))
 
     @field_validator("description")
     @classmethod
@@ -152,6 +189,8 @@ class WorkflowNode(BaseModel):
     """Seconds one attempt may take; overrides the planner's default."""
     max_attempts: int | None = Field(default=None, ge=1, le=100)
     """Attempts before the node fails; overrides the planner's retry policy."""
+
+    _parameters_depth = field_validator("parameters")(classmethod(lambda cls, v: _bounded_json(v)))
 
     @field_validator("id")
     @classmethod

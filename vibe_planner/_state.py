@@ -23,6 +23,7 @@ from ._models import (
     NodeStatus,
     TokenUsage,
     WorkflowPlan,
+    encode_json_bounded,
 )
 
 __all__ = ["Capture", "Record", "RunState", "utcnow"]
@@ -41,7 +42,7 @@ def utcnow() -> datetime:
 def encode_output(node_id: str, output: Any) -> bytes:
     """Encode a node output canonically, or raise `NodeOutputError` naming the node."""
     try:
-        return orjson.dumps(output, option=_SORTED)
+        return encode_json_bounded(output)
     except TypeError as exc:
         raise NodeOutputError(node_id, str(exc)) from None
 

@@ -11,6 +11,7 @@ import contextlib
 import fcntl
 import os
 import socket
+import stat
 from pathlib import Path
 
 from .._exceptions import CheckpointWriteError, PlanLockedError
@@ -30,9 +31,13 @@ class PlanLock:
     def acquire(cls, plan_id: str, path: Path) -> PlanLock:
         """Take the lock without waiting, or raise `PlanLockedError` naming the holder."""
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+            fd = os.open(path, flags, 0o600)
         except OSError as exc:
             raise CheckpointWriteError(path, f"cannot open lock file: {exc.strerror}") from exc
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise CheckpointWriteError(path, "the lock file is not a regular file")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -221,8 +221,16 @@ class WorkflowPersistenceManager:
         return self._load(plan_id or self._find_plan(checkpoint_id), checkpoint_id)
 
     def _latest_sync(self, plan_id: str) -> Checkpoint | None:
-        ids = self._sorted_ids(plan_id)
-        return self._load(plan_id, ids[0]) if ids else None
+        # Another process may delete the newest file between listing and reading: list again.
+        for _ in range(10):
+            ids = self._sorted_ids(plan_id)
+            if not ids:
+                return None
+            try:
+                return self._load(plan_id, ids[0])
+            except CheckpointNotFoundError:
+                continue
+        raise CheckpointError(f"checkpoints of plan {plan_id!r} keep vanishing while being read")
 
     def _restore_sync(self, plan_id: str, checkpoint_id: str | None) -> Restored | None:
         if checkpoint_id is not None:
@@ -256,7 +264,8 @@ class WorkflowPersistenceManager:
                 records.append(record)
         return records, journal.problem
 
-    def _info(self, plan_id: str, checkpoint_id: str) -> CheckpointInfo:
+    def _info(self, plan_id: str, checkpoint_id: str) -> CheckpointInfo | None:
+        """Summarise a checkpoint; ``None`` if it was deleted since it was listed."""
         name = checkpoint_id + ".json"
         path = self.store.location(plan_id, name)
         base: dict[str, Any] = {
@@ -265,6 +274,8 @@ class WorkflowPersistenceManager:
         }
         try:
             summary = peek_summary(self.store.read(plan_id, name), path)
+        except CheckpointNotFoundError:
+            return None
         except CheckpointCorruptError as exc:
             return CheckpointInfo(**base, created_at=None, reason=None, completed_nodes=0,
                                   total_nodes=0, error=exc.reason)
@@ -275,7 +286,8 @@ class WorkflowPersistenceManager:
 
     def _list_sync(self, plan_id: str | None) -> list[CheckpointInfo]:
         plans = [plan_id] if plan_id is not None else self.store.list_plans()
-        infos = [self._info(p, cp) for p in plans for cp in self.store.list_checkpoints(p)]
+        infos = [i for p in plans for cp in self.store.list_checkpoints(p)
+                 if (i := self._info(p, cp)) is not None]
         infos.sort(key=lambda i: (i.created_at is not None, i.created_at, i.sequence), reverse=True)
         return infos
 
@@ -306,11 +318,15 @@ class WorkflowPersistenceManager:
                     self._load(plan, checkpoint_id)
                 except CheckpointCorruptError as exc:
                     problems.append(exc)
+                except CheckpointNotFoundError:
+                    continue  # deleted since listed (pruned by a running plan)
             for name in self.store.list_names(plan, "journal-"):
                 try:
                     journal = decode_journal(self.store.read(plan, name))
                 except CheckpointCorruptError as exc:
                     problems.append(exc)
+                    continue
+                except CheckpointNotFoundError:
                     continue
                 if journal.problem is not None:
                     path = self.store.location(plan, name)

@@ -13,12 +13,14 @@ can be emptied once the snapshot is durable.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Literal
 
 import anyio
 import anyio.to_thread
 
+from .._exceptions import CheckpointWriteError
 from .._models import CheckpointReason
 from .._state import Capture, Record, RunState
 from ._codec import encode_checkpoint, encode_journal
@@ -144,6 +146,20 @@ class RunRecorder:
 
     def _commit(self, records: list[Record], capture: Capture | None, reason: str | None) -> str | None:
         """Append the journal, then write the snapshot, then compact the journal (worker thread)."""
+        try:
+            return self._commit_unchecked(records, capture, reason)
+        except CheckpointWriteError:
+            raise
+        except OSError as exc:
+            # A custom store (or the OS under it) failed without saying which file: say the plan.
+            assert self._manager is not None
+            where = self._manager.store.location(self._state.plan.plan_id)
+            reason_ = f"{os.strerror(exc.errno)} ({exc})" if exc.errno else str(exc)
+            raise CheckpointWriteError(where, reason_, errno_=exc.errno) from exc
+
+    def _commit_unchecked(
+        self, records: list[Record], capture: Capture | None, reason: str | None
+    ) -> str | None:
         assert self._manager is not None
         store, state = self._manager.store, self._state
         plan_id, run_id = state.plan.plan_id, state.run_id

@@ -35,6 +35,9 @@ _FILE_MODE = 0o600
 _DIR_MODE = 0o700
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+# O_NONBLOCK: opening a FIFO planted where a file should be must fail fast, not hang; it has no
+# effect on regular files, and anything that is not one is refused right after opening.
+_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
 
 
 class CheckpointStore(ABC):
@@ -128,17 +131,21 @@ class FileCheckpointStore(CheckpointStore):
     def read(self, plan_id: str, name: str) -> bytes:
         path = self.location(plan_id, name)
         try:
-            fd = os.open(path, os.O_RDONLY | _NOFOLLOW | _CLOEXEC)
+            fd = os.open(path, os.O_RDONLY | _NOFOLLOW | _CLOEXEC | _NONBLOCK)
         except FileNotFoundError:
             raise CheckpointNotFoundError(_strip_json(name), plan_id) from None
         except OSError as exc:
             raise CheckpointCorruptError(path, _describe_open_error(path, exc)) from None
-        with os.fdopen(fd, "rb") as file:
+        try:
             mode = os.fstat(fd).st_mode
             if stat.S_ISDIR(mode):
                 raise CheckpointCorruptError(path, "is a directory, not a file")
             if not stat.S_ISREG(mode):
                 raise CheckpointCorruptError(path, "not a regular file")
+        except BaseException:
+            os.close(fd)
+            raise
+        with os.fdopen(fd, "rb") as file:
             return file.read()
 
     def size(self, plan_id: str, name: str) -> int:
@@ -171,10 +178,11 @@ class FileCheckpointStore(CheckpointStore):
         folder = self._folder(plan_id, create=True)
         path = folder / name
         created = not os.path.lexists(path)
-        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | _NOFOLLOW | _CLOEXEC
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | _NOFOLLOW | _CLOEXEC | _NONBLOCK
         try:
             fd = os.open(path, flags, _FILE_MODE)
             try:
+                _require_regular(fd, path)
                 _write_all(fd, data)
                 os.fdatasync(fd)
             finally:
@@ -187,12 +195,13 @@ class FileCheckpointStore(CheckpointStore):
     def truncate(self, plan_id: str, name: str) -> None:
         path = self.location(plan_id, name)
         try:
-            fd = os.open(path, os.O_WRONLY | _NOFOLLOW | _CLOEXEC)
+            fd = os.open(path, os.O_WRONLY | _NOFOLLOW | _CLOEXEC | _NONBLOCK)
         except FileNotFoundError:
             return
         except OSError as exc:
             raise CheckpointWriteError(path, _os_reason(exc), errno_=exc.errno) from exc
         try:
+            _require_regular(fd, path)
             os.ftruncate(fd, 0)
             os.fsync(fd)
         except OSError as exc:
@@ -271,6 +280,11 @@ def _make_private_dir(path: Path) -> None:
         raise CheckpointWriteError(path, _os_reason(exc), errno_=exc.errno) from exc
     if path.parent.exists():
         _fsync_dir(path.parent)
+
+
+def _require_regular(fd: int, path: Path) -> None:
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        raise OSError(errno.EINVAL, f"{path} is not a regular file")
 
 
 def _write_all(fd: int, data: bytes) -> None:
