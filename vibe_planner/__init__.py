@@ -15,6 +15,7 @@ from ._exceptions import CheckpointMismatchError as CheckpointMismatchError
 from ._exceptions import CheckpointNotFoundError as CheckpointNotFoundError
 from ._exceptions import CheckpointWriteError as CheckpointWriteError
 from ._exceptions import InvalidIdentifierError as InvalidIdentifierError
+from ._exceptions import InvalidMetadataError as InvalidMetadataError
 from ._exceptions import InvalidVibeError as InvalidVibeError
 from ._exceptions import NodeError as NodeError
 from ._exceptions import NodeOutputError as NodeOutputError
@@ -64,6 +65,7 @@ __all__ = [
     "FileCheckpointStore",
     "Handler",
     "InvalidIdentifierError",
+    "InvalidMetadataError",
     "InvalidVibeError",
     "LLMConfig",
     "LLMPlanner",

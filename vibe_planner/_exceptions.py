@@ -4,6 +4,7 @@
 VibePlannerError
 ├── InvalidVibeError              (also ValueError)  a vibe that cannot be planned
 ├── InvalidIdentifierError        (also ValueError)  a hostile or malformed plan/checkpoint id
+├── InvalidMetadataError          (also ValueError)  run metadata that cannot be stored as JSON
 ├── PlanValidationError           (also ValueError)  a plan that is not a valid DAG
 ├── PlanningError                                    the planner could not produce a valid plan
 ├── NodeError                                       raised by node handlers to steer retries
@@ -33,6 +34,7 @@ __all__ = [
     "CheckpointNotFoundError",
     "CheckpointWriteError",
     "InvalidIdentifierError",
+    "InvalidMetadataError",
     "InvalidVibeError",
     "NodeError",
     "NodeOutputError",
@@ -78,6 +80,19 @@ class InvalidIdentifierError(VibePlannerError, ValueError):
         if len(shown) > 80:
             shown = shown[:77] + "..."
         super().__init__(f"invalid {kind} {shown}: {reason}")
+
+
+class InvalidMetadataError(VibePlannerError, ValueError):
+    """Metadata passed to a run cannot be stored in a checkpoint (not JSON, too deep).
+
+    Attributes:
+        reason: What is wrong with it.
+
+    """
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(f"invalid metadata: {reason}")
 
 
 class PlanValidationError(VibePlannerError, ValueError):

@@ -7,6 +7,7 @@ construction, so a plan that exists is a plan that can run.
 from __future__ import annotations
 
 import hashlib
+import math
 from datetime import datetime
 from enum import StrEnum
 from typing import Any, Literal
@@ -45,10 +46,39 @@ Checkpoints embed these values a few levels down and orjson refuses documents ne
 255 levels, so deeper values are refused up front, where the error can name them.
 """
 _DEPTH_PAD = 254 - MAX_JSON_DEPTH
+_SCALARS = (str, int, bool, type(None))
+
+
+def check_json_types(value: Any) -> None:
+    """Raise `TypeError` unless *value* is made only of JSON types.
+
+    orjson would quietly turn UUIDs, dates, dataclasses and enums into strings or objects and
+    NaN into ``null``; a checkpoint must store what the node returned, so those are refused.
+    """
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        kind = type(item)
+        if kind is str or kind is int or kind is bool or item is None:
+            continue
+        if kind is float:
+            if not math.isfinite(item):
+                raise TypeError(f"{item!r} is not a JSON number")
+        elif kind is dict:
+            for key, member in item.items():
+                if type(key) is not str:
+                    raise TypeError(f"object key {key!r} is not a str")
+                stack.append(member)
+        elif kind is list or kind is tuple:
+            stack.extend(item)
+        else:
+            raise TypeError(f"a {kind.__module__}.{kind.__qualname__} is not a JSON value")
 
 
 def encode_json_bounded(value: Any) -> bytes:
     """Encode *value* canonically (sorted keys); `TypeError` if not JSON or nested too deeply."""
+    if type(value) not in _SCALARS:
+        check_json_types(value)
     # Wrapping in _DEPTH_PAD lists makes orjson's own depth limit enforce MAX_JSON_DEPTH on
     # the value, at no extra cost; the wrapper's brackets are then sliced off.
     wrapped: Any = value

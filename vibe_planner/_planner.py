@@ -16,6 +16,7 @@ from ._events import CheckpointWritten, EventBus, PlanCreated, ProgressEvent, Ru
 from ._exceptions import (
     CheckpointMismatchError,
     CheckpointNotFoundError,
+    InvalidMetadataError,
     InvalidVibeError,
     PlanningError,
     VibePlannerError,
@@ -29,6 +30,7 @@ from ._models import (
     RunStatus,
     Vibe,
     WorkflowPlan,
+    encode_json_bounded,
 )
 from ._state import RunState, records_from_checkpoint
 from .execution._context import Handler, RetryPolicy
@@ -181,6 +183,7 @@ class MetaPlanner:
         self, vibe: VibeLike, *, plan_id: str | None = None, metadata: Mapping[str, Any] | None = None
     ) -> ExecutionResult:
         """Plan and run *vibe* from scratch (earlier checkpoints of the plan are kept)."""
+        metadata = check_metadata(metadata)
         vibe = as_vibe(vibe)
         plan_id = check_plan_id(plan_id) if plan_id is not None else vibe.default_plan_id()
         async with self._locked(plan_id):
@@ -205,8 +208,8 @@ class MetaPlanner:
                 call `execute` to start over; the damaged file is left in place).
             CheckpointMismatchError: The plan id's checkpoints were made for another vibe.
             PlanLockedError: Another process is running this plan.
-
         """
+        metadata = check_metadata(metadata)
         vibe = as_vibe(vibe)
         plan_id = check_plan_id(plan_id) if plan_id is not None else vibe.default_plan_id()
         if checkpoint_id is not None:
@@ -256,6 +259,7 @@ class MetaPlanner:
         its completed nodes are what a later resume will not run again.
         """
         check_plan_id(plan_id)
+        metadata = check_metadata(metadata)
         plan = execution_state.plan if isinstance(execution_state, ExecutionResult) \
             else execution_state.workflow_plan
         if plan.plan_id != plan_id:
@@ -409,6 +413,20 @@ class _PlanLockContext:
         if self._manager is not None and self._lock is not None:
             with anyio.CancelScope(shield=True):
                 await self._manager.release(self._lock)
+
+
+def check_metadata(metadata: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Return run metadata as a dict, or raise `InvalidMetadataError` if it cannot be stored."""
+    if metadata is None:
+        return {}
+    if not isinstance(metadata, Mapping):
+        raise InvalidMetadataError(f"expected a mapping, got {type(metadata).__name__}")
+    value = dict(metadata)
+    try:
+        encode_json_bounded(value)
+    except TypeError as exc:
+        raise InvalidMetadataError(str(exc)) from None
+    return value
 
 
 def as_vibe(vibe: VibeLike) -> Vibe:
