@@ -385,7 +385,15 @@ class MetaPlanner:
     async def _drive(
         self, state: RunState, recorder: RunRecorder, scheduler: Scheduler, resumed_from: str | None
     ) -> Any:
-        await recorder.checkpoint("planned" if resumed_from is None else "resumed")
+        if resumed_from is None:
+            # Durable before any node runs, so that a resume never has to plan again.
+            await recorder.checkpoint("planned")
+        else:
+            # Not awaited: nodes start at once. Until this snapshot is durable the old one is
+            # the latest, and journal records of this run are not trusted (they belong to a run
+            # no snapshot names yet), so a crash in that window re-runs at worst the few nodes
+            # completed meanwhile, and never loses a recorded one.
+            recorder.request("resumed")
         try:
             status = await scheduler.run()
         except anyio.get_cancelled_exc_class():

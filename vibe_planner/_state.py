@@ -68,10 +68,9 @@ class RunState:
         self.records: dict[str, Record] = {}
         self.outputs: dict[str, Any] = {}
         self.usage = plan.usage or TokenUsage()
-        self._plan_json = orjson.Fragment(orjson.dumps(plan.model_dump(mode="json"), option=_SORTED))
-        self._vibe_json = orjson.Fragment(
-            orjson.dumps(plan.vibe.model_dump(mode="json"), option=_SORTED)
-        )
+        # Encoded by the writer thread on the first snapshot: never on the event loop.
+        self._plan_json: orjson.Fragment | None = None
+        self._vibe_json: orjson.Fragment | None = None
 
     # -- building records -------------------------------------------------------------
     def complete(
@@ -140,6 +139,10 @@ class RunState:
                 failed.append(node_id)
             else:
                 pending.append(node_id)
+        if self._plan_json is None:
+            plan = self.plan.model_dump(mode="json")
+            self._vibe_json = orjson.Fragment(orjson.dumps(plan["vibe"], option=_SORTED))
+            self._plan_json = orjson.Fragment(orjson.dumps(plan, option=_SORTED))
         return {
             "schema_version": SCHEMA_VERSION,
             "checkpoint_id": checkpoint_id,

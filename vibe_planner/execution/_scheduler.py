@@ -68,8 +68,7 @@ class Scheduler:
         self._ready: deque[str] = deque()
         self._in_flight: dict[str, datetime] = {}
         self._tg: anyio.abc.TaskGroup | None = None
-        self._wakeup = anyio.Event()
-        self._idle = 0
+        self._idle: deque[anyio.Event] = deque()
         self.failed = 0
         self.completed = sum(1 for r in state.records.values() if r["status"] == "completed")
         self.nodes_run = 0
@@ -114,19 +113,17 @@ class Scheduler:
                 await self._run_node(node_id, started_at)
             elif not self._in_flight:
                 # Nothing ready and nothing running: no node can become ready any more.
-                self._wake_workers()
+                self._wake_workers(len(self._idle))
                 return
             else:
-                self._idle += 1
-                try:
-                    await self._wakeup.wait()
-                finally:
-                    self._idle -= 1
+                wakeup = anyio.Event()
+                self._idle.append(wakeup)
+                await wakeup.wait()
 
-    def _wake_workers(self) -> None:
-        if self._idle:
-            wakeup, self._wakeup = self._wakeup, anyio.Event()
-            wakeup.set()
+    def _wake_workers(self, count: int) -> None:
+        """Wake *count* idle workers (one per ready node: waking them all would cost O(workers))."""
+        for _ in range(min(count, len(self._idle))):
+            self._idle.popleft().set()
 
     async def _run_node(self, node_id: str, started_at: datetime) -> None:
         node = self._nodes[node_id]
@@ -139,14 +136,16 @@ class Scheduler:
             if self._emit is not None:
                 duration = (record["finished_at"] - started_at).total_seconds()
                 self._emit(self.event(NodeCompleted, node_id=node_id, duration=duration))
-            readied = False
+            readied = 0
             for child in self._dependents[node_id]:
                 self._waiting[child] -= 1
                 if self._waiting[child] == 0:
                     self._ready.append(child)
-                    readied = True
-            if readied or not self._in_flight:
-                self._wake_workers()
+                    readied += 1
+            # This worker takes one ready node itself; the others go to idle workers. With
+            # nothing running and nothing ready, idle workers must wake to see the end.
+            self._wake_workers(len(self._idle) if not self._in_flight and not self._ready
+                               else readied - 1)
         else:
             self.failed += 1
             if self._emit is not None:
@@ -157,7 +156,8 @@ class Scheduler:
                 self._tg.cancel_scope.cancel()
             else:
                 self._recorder.request("failure")
-            self._wake_workers()
+            if not self._in_flight and not self._ready:
+                self._wake_workers(len(self._idle))
 
     async def _attempts(self, node: WorkflowNode, started_at: datetime) -> Record:
         state, handler = self._state, self._handlers[node.kind]
