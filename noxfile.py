@@ -41,3 +41,24 @@ def docs(session: nox.Session) -> None:
     """Run every code example of docs/ and the README."""
     session.install("-e", ".[test]")
     session.run("pytest", "tests/test_docs.py", *session.posargs)
+
+
+@nox.session(python=False)
+def bench(session: nox.Session) -> None:
+    """Benchmarks against LangGraph and vibe-aigc: bench/results/*.json and docs/benchmarks.md.
+
+    `nox -s bench` is the full run (about 12 minutes on 2 cores); `nox -s bench -- --quick`
+    checks the harness in under a minute. The peers are installed here only, never as
+    dependencies; one that fails to install is reported by the harness as unavailable.
+    """
+    venv = ".nox/bench-env"
+    session.run("python3", "-m", "venv", "--clear", venv, external=True)
+    pip = f"{venv}/bin/pip"
+    session.run(pip, "install", "-q", "--upgrade", "pip", external=True)
+    session.run(pip, "install", "-q", "-e", ".", "matplotlib>=3.8", external=True)
+    session.run(pip, "install", "-q", "langgraph==1.2.24", "langgraph-checkpoint-sqlite==3.1.2",
+                external=True, success_codes=[0, 1])
+    # vibe-aigc declares Python >= 3.12 but imports and runs on 3.11.
+    session.run(pip, "install", "-q", "--ignore-requires-python", "vibe-aigc==0.7.1",
+                external=True, success_codes=[0, 1])
+    session.run(f"{venv}/bin/python", "-m", "bench", *session.posargs, external=True)
