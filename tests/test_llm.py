@@ -313,3 +313,29 @@ def test_building_an_llm_planner_needs_no_event_loop() -> None:
     # Apps construct planners at import time, outside any event loop.
     planner = MetaPlanner(llm=LLMConfig(base_url="http://127.0.0.1:9/v1", api_key="x"))
     assert not planner.offline
+
+
+async def test_a_200_node_plan_does_not_turn_429s_into_a_storm(server: FakeOpenAIServer,
+                                                               tmp_path: Path) -> None:
+    # A real rate limiter: after a burst of 20 node requests the endpoint refuses everything
+    # for 0.3 s (429 with Retry-After). Without a shared pause every request started in that
+    # window would be refused too (hundreds); with it, only those already in flight are.
+    lock, window, refused = threading.Lock(), [0.0], [0]
+
+    def rate_limited(body: dict[str, Any]) -> Reply:
+        with lock:
+            now = time.monotonic()
+            if len(server.requests) == 22 and not window[0]:
+                window[0] = now + 0.3
+            if now < window[0]:
+                refused[0] += 1
+                return Reply.error(429, "rate limited", retry_after=round(window[0] - now, 3))
+        return Reply(content="ok")
+
+    server.on(is_planner, plan_json([{"id": f"n{i}", "instructions": "x"} for i in range(200)]))
+    server.set_default(rate_limited)
+    planner = planner_for(server, tmp_path, llm={"max_concurrency": 8}, max_concurrency=50)
+    result = await planner.execute("two hundred")
+    assert result.status == "completed"
+    assert 1 <= refused[0] <= 8  # at most the requests in flight when the first 429 came back
+    assert len(node_requests(server)) == 200 + refused[0]
