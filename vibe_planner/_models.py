@@ -77,9 +77,8 @@ def check_json_types(value: Any) -> None:
 
 def encode_json_bounded(value: Any) -> bytes:
     """Encode *value* canonically (sorted keys); `TypeError` if not JSON or nested too deeply."""
-    if type(value) in _SCALARS:
-        return orjson.dumps(value)  # nothing to nest, nothing to convert: the hot path
-    check_json_types(value)
+    if type(value) not in _SCALARS:
+        check_json_types(value)
     # Wrapping in _DEPTH_PAD lists makes orjson's own depth limit enforce MAX_JSON_DEPTH on
     # the value, at no extra cost; the wrapper's brackets are then sliced off.
     wrapped: Any = value
