@@ -114,8 +114,11 @@ def interrupt_after_first_node(
     cwd: Path, args: Sequence[str], env: dict[str, str], during: Callable[[], None] = lambda: None
 ) -> tuple[int, str, str]:
     """Start a run, wait until a node completed, call *during*, press Ctrl-C; return the outcome."""
+    # A child inherits an *ignored* SIGINT from its parent (a test runner may ignore it), and a
+    # CLI must then keep ignoring Ctrl-C; here we want the terminal's default behaviour.
     with subprocess.Popen([str(SCRIPT), *args], cwd=cwd, env=environment(**env), text=True,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)) as proc:
         try:
             assert proc.stdout is not None and proc.stderr is not None
             reader = LineReader(proc.stdout)

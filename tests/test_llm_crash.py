@@ -58,7 +58,13 @@ def server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
 def logged(log: Path) -> list[dict[str, object]]:
     if not log.exists():
         return []
-    return [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    entries = []
+    for line in log.read_text().splitlines():
+        try:
+            entries.append(json.loads(line))
+        except json.JSONDecodeError:
+            break  # the server is still writing this line
+    return entries
 
 
 def classify(entries: list[dict[str, object]]) -> tuple[int, Counter[str]]:
