@@ -30,9 +30,9 @@ def _m(key: str, label: str, fmt: str, ratio: bool = False) -> Metric:
 
 METRICS: dict[str, tuple[Metric, ...]] = {
     "fanout": (_m("wall_ms", "wall ms", ".1f", True), _m("over_ideal", "÷ ideal 10 ms", ".2f"),
-               _m("peak_rss_mb", "peak RSS MiB", ".0f", True)),
+               _m("over_floor", "÷ bare sleep", ".2f"), _m("peak_rss_mb", "peak RSS MiB", ".0f", True)),
     "uneven": (_m("wall_ms", "wall ms", ".0f", True), _m("over_critical", "÷ critical path", ".3f"),
-               _m("peak_rss_mb", "peak RSS MiB", ".0f", True)),
+               _m("over_floor", "÷ bare chain", ".3f"), _m("peak_rss_mb", "peak RSS MiB", ".0f", True)),
     "overhead": (_m("nodes_per_s", "nodes/s", ",.0f"), _m("us_per_node", "µs/node", ",.0f", True),
                  _m("peak_rss_mb", "peak RSS MiB", ".0f", True)),
     "checkpoint": (_m("wall_ms", "wall ms", ",.0f"), _m("written_mb", "MB written", ".2f", True),
@@ -59,6 +59,9 @@ def derive(workload: Workload, run: dict[str, Any]) -> dict[str, Any]:
         if workload.critical_path > 0:
             out["over_ideal" if workload.key == "fanout" else "over_critical"] = (
                 wall / workload.critical_path)
+        if run.get("bare_chain_s"):
+            # The machine's floor: the critical chain slept with no orchestrator at all.
+            out["over_floor"] = wall / run["bare_chain_s"]
         out["nodes_per_s"] = (run.get("nodes_run") or 0) / wall
         out["us_per_node"] = wall / max(1, run.get("nodes_run") or 0) * 1e6
         out["resume_wall_s"] = wall

@@ -10,21 +10,27 @@ from typing import Any
 
 import anyio
 import orjson
+import pydantic
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.helpers import random_dag
 from vibe_planner import (
     Checkpoint,
     CheckpointCorruptError,
     MetaPlanner,
     NodeStatus,
+    Vibe,
     WorkflowPersistenceManager,
+    WorkflowPlan,
 )
-from vibe_planner._models import SCHEMA_VERSION
+from vibe_planner._models import MAX_JSON_DEPTH, SCHEMA_VERSION, NodeResult, ResultRecord
+from vibe_planner._state import RunState, utcnow
 from vibe_planner.persistence._codec import (
     decode_checkpoint,
     decode_journal,
+    decode_resume_point,
     encode_checkpoint,
     encode_journal,
     peek_summary,
@@ -59,6 +65,10 @@ def corrupt(raw: bytes, path: Path) -> CheckpointCorruptError:
     assert info.value.path == path
     assert info.value.reason
     assert info.value.reason in str(info.value)
+    # A resume reads checkpoints its own way (results kept as records): same verdict, same words.
+    with pytest.raises(CheckpointCorruptError) as for_resume:
+        decode_resume_point(raw, path)
+    assert for_resume.value.reason == info.value.reason
     return info.value
 
 
@@ -133,6 +143,64 @@ def test_peek_summary(final_checkpoint: tuple[bytes, Path]) -> None:
         "completed_nodes": len(checkpoint.completed_nodes),
         "total_nodes": len(checkpoint.workflow_plan.nodes),
     }
+
+
+def same_results(raw: bytes, path: Path) -> Checkpoint:
+    """Decode *raw* both ways; the resume's records must say what the checkpoint's models say."""
+    checkpoint = decode_checkpoint(raw, path)
+    point = decode_resume_point(raw, path)
+    assert point.model_dump(exclude={"node_results"}) == checkpoint.model_dump(
+        exclude={"node_results"}
+    )
+    assert point.workflow_plan.order == checkpoint.workflow_plan.order
+    as_models = {k: NodeResult.model_validate(r) for k, r in point.node_results.items()}
+    assert as_models == checkpoint.node_results
+    return checkpoint
+
+
+def test_result_records_have_the_fields_of_node_results() -> None:
+    # The two readings of a checkpoint must not drift apart when a field is added.
+    schema = pydantic.TypeAdapter(ResultRecord).json_schema()
+    assert set(schema["properties"]) == set(NodeResult.model_fields)
+    assert set(schema["required"]) == {
+        name for name, field in NodeResult.model_fields.items() if field.is_required()
+    }
+
+
+@pytest.mark.anyio
+async def test_resume_reading_matches_checkpoint_reading(tmp_path: Path) -> None:
+    _, files = await run_and_collect(tmp_path / "checkpoints")
+    for path in files.values():
+        same_results(await anyio.Path(path).read_bytes(), path)
+
+
+def test_a_reformatted_document_is_checked_against_its_canonical_body(
+    final_checkpoint: tuple[bytes, Path],
+) -> None:
+    # Indented and with the checksum elsewhere: not laid out as written, so the digest is
+    # checked against the canonical encoding of what was parsed, which still matches.
+    raw, path = final_checkpoint
+    pretty = orjson.dumps(orjson.loads(raw), option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS)
+    assert pretty != raw
+    assert same_results(pretty, path) == decode_checkpoint(raw, path)
+    damaged = pretty.replace(b'"a haiku about tea"', b'"a haiku about tee"', 1)
+    assert corrupt(damaged, path).reason.startswith("checksum mismatch")
+
+
+def test_deeply_nested_outputs_decode_both_ways(tmp_path: Path) -> None:
+    # Deeper than pydantic's own JSON parser goes: the slow path takes over, same result.
+    plan = WorkflowPlan(plan_id="deep", vibe=Vibe(description="deep"), nodes=random_dag(3, 1))
+    state = RunState(plan, "run-deep")
+    deep: Any = "leaf"
+    for _ in range(MAX_JSON_DEPTH):
+        deep = [deep]
+    for node_id in plan.order:
+        state.complete(node_id, deep, attempts=1, started_at=utcnow())
+    fields = state.snapshot_fields(state.capture(), checkpoint_id="cp-00000001-0123456789ab",
+                                   sequence=1, reason="final")
+    path = tmp_path / "deep" / "cp-00000001-0123456789ab.json"
+    checkpoint = same_results(encode_checkpoint(fields), path)
+    assert checkpoint.node_results[plan.order[0]].output == deep
 
 
 # -- damaged checkpoints -------------------------------------------------------------------------
@@ -444,3 +512,41 @@ def test_property_damaged_journals_decode_to_a_prefix(
     damaged_record = raw[:index].count(b"\n")
     assert journal.records == records[:damaged_record]
     assert journal.problem is not None
+
+
+# -- checkpoints encoded in pieces ---------------------------------------------------------------
+
+
+def plainly_encoded(fields: dict[str, Any]) -> bytes:
+    """The checkpoint format by its definition: one canonical dump, checksum spliced in."""
+    body = orjson.dumps(fields, option=orjson.OPT_SORT_KEYS)
+    checksum = "sha256:" + hashlib.sha256(body).hexdigest()
+    return body[:-1] + b',"checksum":"' + checksum.encode() + b'"}'
+
+
+def test_a_large_runs_snapshot_is_the_plain_canonical_encoding() -> None:
+    # Big enough that the node results and the plan's nodes are encoded in several slices.
+    nodes = random_dag(300, seed=3, kind="work")
+    plan = WorkflowPlan(plan_id="big", vibe=Vibe(description=VIBE), nodes=nodes, planner="static")
+    state = RunState(plan, "run-1", {"who": "test"})
+    for index, node_id in enumerate(plan.order):
+        output = {"n": index, "text": node_id * 40} if index % 3 else [index, None, 1.5]
+        state.complete(node_id, output, attempts=1, started_at=utcnow())
+    fields = state.snapshot_fields(state.capture(), checkpoint_id="cp-1", sequence=1, reason="final")
+    plain = fields | {"workflow_plan": plan.model_dump(mode="json"),
+                      "vibe": plan.vibe.model_dump(mode="json")}
+    assert encode_checkpoint(fields) == plainly_encoded(plain)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.dictionaries(st.text(max_size=8), json_values, max_size=4),
+    st.dictionaries(st.text(max_size=5), json_values | st.dictionaries(st.text(max_size=3), json_values),
+                    min_size=50, max_size=200),
+)
+def test_property_encoding_in_pieces_is_byte_identical(
+    small: dict[str, Any], big: dict[str, Any]
+) -> None:
+    # Unicode keys: the pieces must come in the order orjson's own key sort gives.
+    fields = small | {"node_results": big, "schema_version": 1}
+    assert encode_checkpoint(fields) == plainly_encoded(fields)

@@ -103,6 +103,18 @@ def test_diamond_order_and_sinks() -> None:
         plan.node("missing")
 
 
+def test_a_copy_with_other_nodes_is_validated_and_ordered_afresh() -> None:
+    plan = make_plan([WorkflowNode(id="a"), WorkflowNode(id="b", depends_on=["a"])])
+    assert plan.sinks() == ["b"]  # worked out, and kept, before the copy
+    copy = plan.model_copy(update={"nodes": [WorkflowNode(id="x"), WorkflowNode(id="y")]})
+    assert copy.order == ["x", "y"] and copy.sinks() == ["x", "y"]
+    assert plan.order == ["a", "b"] and plan.sinks() == ["b"]
+    with pytest.raises(PlanValidationError, match="cycle"):
+        plan.model_copy(update={"nodes": [WorkflowNode(id="a", depends_on=["a2"]),
+                                          WorkflowNode(id="a2", depends_on=["a"])]})
+    assert plan.model_copy().order == plan.order
+
+
 def test_single_node_plan() -> None:
     assert make_plan([{"id": "only"}]).order == ["only"]
 

@@ -23,6 +23,7 @@ from vibe_planner import (
     WorkflowNode,
 )
 from vibe_planner._ids import check_plan_id
+from vibe_planner._models import encode_json_bounded
 
 # -- Vibe -------------------------------------------------------------------------------------
 
@@ -388,3 +389,24 @@ def test_exported_exceptions_derive_from_the_root() -> None:
 )
 def test_exceptions_also_subclass_the_builtin_that_fits(name: str, builtin: type) -> None:
     assert issubclass(getattr(vibe_planner, name), builtin)
+
+
+# -- output encoding ------------------------------------------------------------------------------
+
+_SCALAR_VALUES = st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.text()
+
+
+@given(_SCALAR_VALUES)
+def test_property_scalar_outputs_encode_as_inside_a_list(value: Any) -> None:
+    # Scalars skip the depth padding that containers go through: the bytes must not change.
+    encoded = encode_json_bounded(value)
+    assert encode_json_bounded([value]) == b"[" + encoded + b"]"
+    assert orjson.loads(encoded) == value
+
+
+@pytest.mark.parametrize("value", [2**64, -(2**63) - 1, "\ud800"], ids=["big", "small", "surrogate"])
+def test_scalars_json_cannot_hold_are_refused_like_nested_ones(value: Any) -> None:
+    with pytest.raises(TypeError):
+        encode_json_bounded(value)
+    with pytest.raises(TypeError):
+        encode_json_bounded([value])

@@ -256,3 +256,36 @@ async def test_files_are_owner_only_and_documents_look_as_documented(tmp_path: P
     assert document["checksum"].startswith("sha256:")
     assert document["node_results"]["d"]["output"] == {"id": "d", "inputs": ["b", "c"]}
     assert os.path.basename(final).startswith(f"cp-{document['sequence']:08d}-")
+
+
+@pytest.mark.parametrize(
+    ("change", "words"),
+    [
+        pytest.param({"attempts": "many"}, "attempts", id="attempts-not-int"),
+        pytest.param({"started_at": "yesterday"}, "started_at", id="bad-time"),
+        pytest.param({"usage": {"total_tokens": "lots"}}, "usage.total_tokens", id="bad-usage"),
+    ],
+)
+async def test_a_journal_record_of_the_wrong_shape_is_a_corrupt_checkpoint(
+    tmp_path: Path, change: dict[str, Any], words: str
+) -> None:
+    # Its CRC is right (written by a buggy or foreign writer, not torn): the resume refuses
+    # it with a typed error naming the journal, and runs nothing.
+    from vibe_planner.persistence._codec import encode_journal
+
+    rec = Recorder()
+    rec.failing = {"d"}
+    planner = planner_for(tmp_path, DIAMOND, rec)
+    result = await planner.execute_with_resume("diamond")
+    assert result.failed_nodes == ["d"]
+    journal = tmp_path / "cp" / result.plan_id / f"journal-{result.run_id}.jsonl"
+    record = {"node_id": "d", "status": "completed", "output": "ok", "attempts": 1, **change}
+    line = encode_journal([{"run": result.run_id, "result": record}])
+    await anyio.Path(journal).write_bytes(await anyio.Path(journal).read_bytes() + line)
+    rec.failing.clear()
+    calls = dict(rec.calls)
+    with pytest.raises(CheckpointCorruptError) as info:
+        await planner.execute_with_resume("diamond")
+    assert info.value.path == journal
+    assert "journal record of node 'd'" in info.value.reason and words in info.value.reason
+    assert dict(rec.calls) == calls

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 from tests.helpers import StaticPlanner, node
@@ -90,6 +91,76 @@ async def test_max_concurrency_is_respected_and_reached(tmp_path: Path) -> None:
     result = await make(tmp_path, nodes, {"work": work}, max_concurrency=4).execute("limit")
     assert result.status == "completed"
     assert peak == 4
+
+
+@pytest.mark.parametrize("durability", ["none", "journal"])
+async def test_workers_join_as_ready_nodes_need_them(tmp_path: Path, durability: str) -> None:
+    # Each wave's nodes wait until the whole wave has started, and each wave depends on the
+    # one before: every wave needs its full width of workers at once. The pool starts with one
+    # worker, so it must grow mid-run (in several steps for the 12-wide wave), and wake its
+    # idle workers for the later waves; a pool that fell short would deadlock here.
+    widths = [1, 3, 12, 2, 12, 1]
+    started = [0] * len(widths)
+    full = [anyio.Event() for _ in widths]
+    running = peak = 0
+
+    async def work(ctx: NodeContext) -> None:
+        nonlocal running, peak
+        wave = int(ctx.node.parameters["wave"])  # type: ignore[call-overload]
+        running += 1
+        peak = max(peak, running)
+        started[wave] += 1
+        if started[wave] == widths[wave]:
+            full[wave].set()
+        await full[wave].wait()
+        running -= 1
+
+    nodes: list[Any] = []
+    previous: list[str] = []
+    for wave, width in enumerate(widths):
+        ids = [f"w{wave}-{i}" for i in range(width)]
+        nodes += [node(node_id, *previous, wave=wave) for node_id in ids]
+        previous = ids
+    planner = make(tmp_path, nodes, {"work": work}, max_concurrency=12, durability=durability)
+    with anyio.fail_after(10):
+        result = await planner.execute("waves")
+    assert result.status == "completed"
+    assert result.nodes_run == sum(widths)
+    assert peak == 12
+
+
+@pytest.mark.parametrize("concurrency", [1, 8])
+async def test_handlers_that_never_wait_still_let_other_tasks_run(
+    tmp_path: Path, concurrency: int
+) -> None:
+    # 640 nodes whose handler returns at once: without the scheduler yielding now and then,
+    # the run would hold the event loop from start to end and the ticker would not move.
+    ran = 0
+    ticks_seen: list[int] = []
+    ticks = 0
+
+    async def instant(ctx: NodeContext) -> int:
+        nonlocal ran
+        ran += 1
+        ticks_seen.append(ticks)
+        return ran
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await anyio.lowlevel.checkpoint()
+
+    nodes = [node(f"n{i}", *([f"n{i - 1}"] if i % 2 else [])) for i in range(640)]
+    planner = make(tmp_path, nodes, {"work": instant}, max_concurrency=concurrency,
+                   durability="none")
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(ticker)
+        result = await planner.execute("instant")
+        tg.cancel_scope.cancel()
+    assert result.status == "completed" and ran == 640
+    # The ticker ran between nodes many times over, not just before the first and after the last.
+    assert len(set(ticks_seen)) >= 640 // 32 // 2, len(set(ticks_seen))
 
 
 async def test_retries_then_succeeds_with_attempt_numbers(tmp_path: Path) -> None:

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Mapping
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Any, Literal, NotRequired, Self
 
 import orjson
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, PrivateAttr, field_validator
+from typing_extensions import TypedDict
 
 from ._dag import DEFAULT_MAX_NODES, topological_order
 from ._exceptions import InvalidIdentifierError, InvalidVibeError, PlanValidationError
@@ -77,8 +79,11 @@ def check_json_types(value: Any) -> None:
 
 def encode_json_bounded(value: Any) -> bytes:
     """Encode *value* canonically (sorted keys); `TypeError` if not JSON or nested too deeply."""
-    if type(value) not in _SCALARS:
-        check_json_types(value)
+    if type(value) in _SCALARS:
+        # Most outputs; nothing nests in them, so no check and no depth padding (whose 54
+        # wrapping lists cost far more than encoding a short string).
+        return orjson.dumps(value)
+    check_json_types(value)
     # Wrapping in _DEPTH_PAD lists makes orjson's own depth limit enforce MAX_JSON_DEPTH on
     # the value, at no extra cost; the wrapper's brackets are then sliced off.
     wrapped: Any = value
@@ -256,6 +261,7 @@ class WorkflowPlan(BaseModel):
     """Tokens spent making the plan (counted once in the run's usage)."""
 
     _order: list[str] = PrivateAttr(default_factory=list)
+    _sinks: list[str] | None = PrivateAttr(default=None)
 
     def __init__(self, **data: Any) -> None:
         try:
@@ -273,8 +279,17 @@ class WorkflowPlan(BaseModel):
 
     @pydantic.model_validator(mode="after")
     def _valid_dag(self) -> WorkflowPlan:
-        self._order = topological_order(self.nodes, max_nodes=DEFAULT_MAX_NODES)
+        # `model_validate` runs this twice (once inside the custom `__init__`, once after it);
+        # the nodes are frozen, so the first order found stays right.
+        if not self._order:
+            self._order = topological_order(self.nodes, max_nodes=DEFAULT_MAX_NODES)
         return self
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
+        """Return a copy; with *update*, a new plan validated like any other (DAG included)."""
+        if update:
+            return type(self)(**{**dict(self), **update})
+        return super().model_copy(deep=deep)
 
     @property
     def order(self) -> list[str]:
@@ -290,8 +305,10 @@ class WorkflowPlan(BaseModel):
 
     def sinks(self) -> list[str]:
         """Return the ids of nodes no other node depends on (the plan's deliverables)."""
-        needed = {dep for node in self.nodes for dep in node.depends_on}
-        return [node.id for node in self.nodes if node.id not in needed]
+        if self._sinks is None:  # worked out once: the plan is frozen
+            needed = {dep for node in self.nodes for dep in node.depends_on}
+            self._sinks = [node.id for node in self.nodes if node.id not in needed]
+        return list(self._sinks)
 
 
 def _as_plan_error(exc: pydantic.ValidationError) -> PlanValidationError:
@@ -357,8 +374,25 @@ class NodeResult(BaseModel):
     usage: TokenUsage | None = None
 
 
-class Checkpoint(BaseModel):
-    """A checkpoint document, as stored in ``<checkpoint_dir>/<plan_id>/<checkpoint_id>.json``."""
+class ResultRecord(TypedDict):
+    """A node result as a checkpoint document stores it: what a resume restores from.
+
+    The keys and types of `NodeResult`, validated without building a model per node (a
+    resume of a large plan restores thousands of them before its first node may start).
+    """
+
+    node_id: str
+    status: NodeStatus
+    output: NotRequired[JsonValue]
+    error: NotRequired[ErrorInfo | None]
+    attempts: NotRequired[int]
+    started_at: NotRequired[datetime | None]
+    finished_at: NotRequired[datetime | None]
+    usage: NotRequired[TokenUsage | None]
+
+
+class _CheckpointFields(BaseModel):
+    """The fields of a checkpoint document; subclasses say how node results are read."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -376,11 +410,23 @@ class Checkpoint(BaseModel):
     completed_nodes: list[str]
     pending_nodes: list[str]
     failed_nodes: list[str]
-    node_results: dict[str, NodeResult]
+    node_results: Any
     usage: TokenUsage = Field(default_factory=TokenUsage)
     metadata: dict[str, JsonValue] = Field(default_factory=dict)
     checksum: str
     """``sha256:<hex>`` of the canonical JSON of every other field."""
+
+
+class Checkpoint(_CheckpointFields):
+    """A checkpoint document, as stored in ``<checkpoint_dir>/<plan_id>/<checkpoint_id>.json``."""
+
+    node_results: dict[str, NodeResult]
+
+
+class ResumePoint(_CheckpointFields):
+    """A checkpoint document read for a resume: the same checks, node results kept as records."""
+
+    node_results: dict[str, ResultRecord]
 
 
 class CheckpointInfo(BaseModel):

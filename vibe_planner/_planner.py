@@ -27,12 +27,13 @@ from ._models import (
     CheckpointInfo,
     ExecutionResult,
     NodeStatus,
+    ResumePoint,
     RunStatus,
     Vibe,
     WorkflowPlan,
     encode_json_bounded,
 )
-from ._state import RunState, records_from_checkpoint
+from ._state import RunState, as_record, as_results
 from .execution._context import Handler, RetryPolicy
 from .execution._handlers import default_handlers, offline_llm_handler
 from .execution._scheduler import Scheduler, check_handlers
@@ -268,7 +269,7 @@ class MetaPlanner:
         state.usage = execution_state.usage
         for result in execution_state.node_results.values():
             if result.status == NodeStatus.COMPLETED:
-                state.restore(result.model_dump(mode="json"), count_usage=False)
+                state.restore(as_record(result), count_usage=False)
         async with self._locked(plan_id):
             recorder = RunRecorder(self.persistence_manager, state, durability="interval", interval=None)
             async with anyio.create_task_group() as tg:
@@ -297,12 +298,14 @@ class MetaPlanner:
         manager = self.persistence_manager if self.durability != "none" else None
         return _PlanLockContext(manager, plan_id)
 
-    async def _restore(self, plan_id: str, checkpoint_id: str | None) -> Restored | None:
+    async def _restore(self, plan_id: str, checkpoint_id: str | None) -> Restored[ResumePoint] | None:
         if self.durability == "none" and checkpoint_id is None:
             return None
-        return await self.persistence_manager.restore(plan_id, checkpoint_id)
+        return await self.persistence_manager.resume_point(plan_id, checkpoint_id)
 
-    async def _resume(self, restored: Restored, metadata: Mapping[str, Any] | None) -> ExecutionResult:
+    async def _resume(
+        self, restored: Restored[ResumePoint], metadata: Mapping[str, Any] | None
+    ) -> ExecutionResult:
         checkpoint = restored.checkpoint
         if restored.journal_problem is not None:
             logger.warning("plan %s: ignored the end of its journal: %s", checkpoint.plan_id,
@@ -314,8 +317,9 @@ class MetaPlanner:
         state = RunState(checkpoint.workflow_plan, _new_run_id(),
                          {**checkpoint.metadata, **(metadata or {})})
         state.usage = checkpoint.usage
-        for record in records_from_checkpoint(checkpoint):
-            state.restore(record, count_usage=False)
+        for result in checkpoint.node_results.values():
+            if result["status"] == NodeStatus.COMPLETED:
+                state.restore(result, count_usage=False)
         for record in restored.journal_records:
             state.restore(record, count_usage=True)
         return await self._run(state, checkpoint.checkpoint_id)
@@ -375,7 +379,7 @@ class MetaPlanner:
             logger.info("plan %s ran offline (no LLM configured)", state.plan.plan_id)
         return ExecutionResult(
             plan_id=state.plan.plan_id, run_id=state.run_id, status=status, plan=state.plan,
-            node_results=state.node_results(),
+            node_results=await state.node_results(),
             outputs={k: state.outputs[k] for k in state.plan.sinks() if state.is_completed(k)},
             resumed_from=resumed_from, checkpoints_written=recorder.written,
             nodes_run=scheduler.nodes_run, nodes_restored=restored,
@@ -452,12 +456,13 @@ def _new_run_id() -> str:
     return secrets.token_hex(8)
 
 
-def _stored_result(checkpoint: Checkpoint) -> ExecutionResult:
+def _stored_result(checkpoint: ResumePoint) -> ExecutionResult:
     plan = checkpoint.workflow_plan
-    outputs = {k: checkpoint.node_results[k].output for k in plan.sinks()}
+    results = as_results(checkpoint.node_results)
+    outputs = {k: results[k].output for k in plan.sinks()}
     return ExecutionResult(
         plan_id=checkpoint.plan_id, run_id=checkpoint.run_id, status="completed", plan=plan,
-        node_results=checkpoint.node_results, outputs=outputs, resumed_from=checkpoint.checkpoint_id,
+        node_results=results, outputs=outputs, resumed_from=checkpoint.checkpoint_id,
         nodes_restored=len(checkpoint.completed_nodes), usage=checkpoint.usage,
         offline=plan.planner == OfflinePlanner.name,
     )

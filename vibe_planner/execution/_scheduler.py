@@ -1,11 +1,17 @@
 """The scheduler: start each node the moment its own dependencies are done.
 
 There are no waves. Bookkeeping is synchronous on the event loop: when a node finishes, its
-dependents' counters drop and any that reach zero join the ready queue. ``max_concurrency``
-worker tasks (fewer for small plans), all in one anyio task group, take nodes from that queue;
-a worker that finishes a node takes the next ready one at once, so a node starts the moment its
+dependents' counters drop and any that reach zero join the ready queue. Up to
+``max_concurrency`` worker tasks, all in one anyio task group, take nodes from that queue; a
+worker that finishes a node takes the next ready one at once, so a node starts the moment its
 own dependencies are done and a slot is free. Workers instead of a task per node: spawning a
 task costs more than running a no-op node, and the pool bounds concurrency by construction.
+
+Workers are started on demand: a worker that takes a node while more are ready wakes idle
+workers for them, and if there are too few, asks the run's own task to start more, in batches
+that double. The first node thus starts after one spawn, not after ``max_concurrency`` of them,
+and a plan that never has many nodes ready at once never pays for, nor wakes at the end, a
+crowd of idle workers.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from datetime import datetime
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 
 from .._events import (
     NodeCompleted,
@@ -35,6 +42,8 @@ from ._context import Handler, NodeContext, RetryPolicy
 __all__ = ["Scheduler"]
 
 Emit = Callable[[ProgressEvent], None]
+_STREAK = 32
+"""Nodes a worker runs before yielding to the event loop (about a millisecond of no-op nodes)."""
 
 
 class Scheduler:
@@ -62,13 +71,20 @@ class Scheduler:
         self._fail_fast = fail_fast
         self._emit = emit
         self._t0 = time.monotonic() if started is None else started
+        self._plan_id, self._vibe = state.plan.plan_id, state.plan.vibe
         self._nodes = {node.id: node for node in state.plan.nodes}
-        self._dependents: dict[str, list[str]] = {}
+        self._dependents: dict[str, tuple[str, ...]] = {}
         self._waiting: dict[str, int] = {}
         self._ready: deque[str] = deque()
         self._in_flight: dict[str, datetime] = {}
         self._tg: anyio.abc.TaskGroup | None = None
         self._idle: deque[anyio.Event] = deque()
+        self._workers = 0
+        self._streak = 0  # nodes run since a worker last yielded on purpose
+        self._turn = 0  # streaks begun
+        self._called = 0  # workers woken or started that have not looked at the queue yet
+        self._short: anyio.Event | None = None  # set: ready nodes want more workers
+        self._over = False  # nothing ready and nothing running: the run is over
         self.failed = 0
         self.completed = sum(1 for r in state.records.values() if r["status"] == "completed")
         self.nodes_run = 0
@@ -76,25 +92,11 @@ class Scheduler:
 
     async def run(self) -> RunStatus:
         """Run every node not completed yet; return ``completed`` or ``failed``."""
-        state = self._state
-        for node_id in state.plan.order:
-            if state.is_completed(node_id):
-                continue
-            node = self._nodes[node_id]
-            self._dependents.setdefault(node_id, [])
-            waiting = 0
-            for dep in node.depends_on:
-                if not state.is_completed(dep):
-                    waiting += 1
-                    self._dependents.setdefault(dep, []).append(node_id)
-            self._waiting[node_id] = waiting
-            if waiting == 0:
-                self._ready.append(node_id)
+        self._count_dependencies()
         if self._waiting:
             async with anyio.create_task_group() as tg:
                 self._tg = tg
-                for index in range(min(self._max, len(self._waiting))):
-                    tg.start_soon(self._worker, name=f"vibe_planner worker {index}")
+                await self._grow_pool()
             self.mark_cancelled()  # nodes stopped by fail_fast
         return "failed" if self.failed else "completed"
 
@@ -105,25 +107,91 @@ class Scheduler:
         self._in_flight.clear()
 
     # -- internals ------------------------------------------------------------------------------
+    def _count_dependencies(self) -> None:
+        """Fill the unfinished nodes' waiting counts and dependents; queue those ready now."""
+        state, nodes = self._state, self._nodes
+        done = {node_id for node_id in state.records if state.is_completed(node_id)}
+        # Keys: the nodes to run, in plan order (only they wait for each other). Tuples, not
+        # lists: tuples of strings drop out of the garbage collector's care, so 10,000 nodes
+        # do not add 10,000 containers for every later full collection to traverse.
+        to_run = [node_id for node_id in state.plan.order if node_id not in done]
+        children: dict[str, list[str]] = {}
+        waiting, ready = self._waiting, self._ready
+        for node_id in to_run:
+            count = 0
+            for dep in nodes[node_id].depends_on:
+                if dep not in done:
+                    children.setdefault(dep, []).append(node_id)
+                    count += 1
+            waiting[node_id] = count
+            if not count:
+                ready.append(node_id)
+        self._dependents = {node_id: tuple(children.get(node_id, ())) for node_id in to_run}
+
+    async def _grow_pool(self) -> None:
+        """Start workers while ready nodes want them, until the run is over.
+
+        Each round starts at most as many workers as there are (one at first), so the first
+        node starts after a single spawn rather than after ``max_concurrency`` of them, and a
+        backlog still gets its workers within a few loop turns, in doubling batches.
+        """
+        assert self._tg is not None
+        while True:
+            short = len(self._ready) - self._called
+            wanted = min(short, self._max - self._workers, max(1, self._workers))
+            for _ in range(wanted):
+                self._workers += 1
+                self._called += 1
+                self._tg.start_soon(self._worker, name=f"vibe_planner worker {self._workers}")
+            if self._over or not self._workers:
+                return
+            self._short = anyio.Event()
+            await self._short.wait()
+
+    def _call_workers(self) -> None:
+        """Wake idle workers for the ready nodes no worker is on its way to; ask for more if short."""
+        wanted = len(self._ready) - self._called
+        woken = min(wanted, len(self._idle))
+        for _ in range(woken):
+            self._idle.popleft().set()
+        self._called += woken
+        if wanted > woken and self._workers < self._max and self._short is not None:
+            self._short.set()
+
     async def _worker(self) -> None:
+        self._called -= 1
         while True:
             if self._ready:
                 node_id = self._ready.popleft()
+                if len(self._ready) > self._called:
+                    self._call_workers()
                 self._in_flight[node_id] = started_at = utcnow()
                 await self._run_node(node_id, started_at)
+                self._streak += 1
+                if self._streak >= _STREAK:
+                    # Handlers that never wait (no-ops, cached results) would otherwise keep
+                    # the workers on the loop for the whole plan. Past the streak every worker
+                    # yields after its node, until one has been back through the loop: the
+                    # checkpoint writer, progress callbacks and the app's tasks get their turn.
+                    turn = self._turn
+                    await anyio.lowlevel.checkpoint()
+                    if turn == self._turn:  # the first worker back starts the next streak
+                        self._turn += 1
+                        self._streak = 0
             elif not self._in_flight:
                 # Nothing ready and nothing running: no node can become ready any more.
-                self._wake_workers(len(self._idle))
+                self._over = True
+                if self._short is not None:
+                    self._short.set()
+                self._called += len(self._idle)
+                while self._idle:
+                    self._idle.popleft().set()
                 return
             else:
                 wakeup = anyio.Event()
                 self._idle.append(wakeup)
                 await wakeup.wait()
-
-    def _wake_workers(self, count: int) -> None:
-        """Wake *count* idle workers (one per ready node: waking them all would cost O(workers))."""
-        for _ in range(min(count, len(self._idle))):
-            self._idle.popleft().set()
+                self._called -= 1
 
     async def _run_node(self, node_id: str, started_at: datetime) -> None:
         node = self._nodes[node_id]
@@ -136,16 +204,12 @@ class Scheduler:
             if self._emit is not None:
                 duration = (record["finished_at"] - started_at).total_seconds()
                 self._emit(self.event(NodeCompleted, node_id=node_id, duration=duration))
-            readied = 0
+            # The worker loop then takes one of the readied nodes and calls workers for the rest.
+            waiting, ready = self._waiting, self._ready
             for child in self._dependents[node_id]:
-                self._waiting[child] -= 1
-                if self._waiting[child] == 0:
-                    self._ready.append(child)
-                    readied += 1
-            # This worker takes one ready node itself; the others go to idle workers. With
-            # nothing running and nothing ready, idle workers must wake to see the end.
-            self._wake_workers(len(self._idle) if not self._in_flight and not self._ready
-                               else readied - 1)
+                waiting[child] -= 1
+                if not waiting[child]:
+                    ready.append(child)
         else:
             self.failed += 1
             if self._emit is not None:
@@ -156,17 +220,16 @@ class Scheduler:
                 self._tg.cancel_scope.cancel()
             else:
                 self._recorder.request("failure")
-            if not self._in_flight and not self._ready:
-                self._wake_workers(len(self._idle))
 
     async def _attempts(self, node: WorkflowNode, started_at: datetime) -> Record:
         state, handler = self._state, self._handlers[node.kind]
         attempts = node.max_attempts or self._retry.max_attempts
         timeout = node.timeout or self._timeout
-        inputs = {dep: state.outputs[dep] for dep in node.depends_on}
+        outputs = state.outputs
+        inputs = {dep: outputs[dep] for dep in node.depends_on} if node.depends_on else {}
         for attempt in range(1, attempts + 1):
-            context = NodeContext(node, inputs, state.plan.vibe, state.plan.plan_id, state.run_id,
-                                  attempt, f"{state.plan.plan_id}:{node.id}")
+            key = f"{self._plan_id}:{node.id}"
+            context = NodeContext(node, inputs, self._vibe, self._plan_id, state.run_id, attempt, key)
             if self._emit is not None:
                 self._emit(self.event(NodeStarted, node_id=node.id, attempt=attempt))
             try:
@@ -175,16 +238,20 @@ class Scheduler:
                 else:
                     with anyio.fail_after(timeout):
                         output = await handler(context)
-                record = state.complete(node.id, output, attempts=attempt, started_at=started_at,
-                                        usage=context.usage)
+                record = state.complete(
+                    node.id, output, attempts=attempt, started_at=started_at, usage=context.usage
+                )
             except Exception as exc:
                 retryable = bool(getattr(exc, "retryable", True)) and attempt < attempts
                 if not retryable:
                     return self._failed(node, exc, attempt, started_at, context)
                 delay = self._retry.delay(attempt, retry_after=getattr(exc, "retry_after", None))
                 if self._emit is not None:
-                    self._emit(self.event(NodeRetrying, node_id=node.id, attempt=attempt,
-                                           delay=delay, error=_describe(exc)))
+                    self._emit(
+                        self.event(
+                            NodeRetrying, node_id=node.id, attempt=attempt, delay=delay, error=_describe(exc)
+                        )
+                    )
                 await anyio.sleep(delay)
                 continue
             return record
@@ -193,10 +260,17 @@ class Scheduler:
     def _failed(
         self, node: WorkflowNode, exc: Exception, attempt: int, started_at: datetime, context: NodeContext
     ) -> Record:
-        error = {"type": type(exc).__name__, "message": _describe(exc)[:4000],
-                 "retryable": bool(getattr(exc, "retryable", True))}
+        error = {
+            "type": type(exc).__name__,
+            "message": _describe(exc)[:4000],
+            "retryable": bool(getattr(exc, "retryable", True)),
+        }
         record = self._state.finish_unsuccessfully(
-            node.id, NodeStatus.FAILED, error=error, attempts=attempt, started_at=started_at,
+            node.id,
+            NodeStatus.FAILED,
+            error=error,
+            attempts=attempt,
+            started_at=started_at,
             usage=context.usage,
         )
         return record
@@ -208,9 +282,15 @@ class Scheduler:
             record = self._state.records.get(child)
             if record is not None and record["status"] == NodeStatus.SKIPPED:
                 continue
-            self._state.finish_unsuccessfully(child, NodeStatus.SKIPPED, error={
-                "type": "DependencyFailed", "message": f"dependency {node_id!r} failed",
-                "retryable": True})
+            self._state.finish_unsuccessfully(
+                child,
+                NodeStatus.SKIPPED,
+                error={
+                    "type": "DependencyFailed",
+                    "message": f"dependency {node_id!r} failed",
+                    "retryable": True,
+                },
+            )
             self._waiting[child] = -1  # never becomes ready
             if self._emit is not None:
                 self._emit(self.event(NodeSkipped, node_id=child, because_of=node_id))
@@ -218,9 +298,15 @@ class Scheduler:
 
     def event(self, cls: type[ProgressEvent], **fields: Any) -> ProgressEvent:
         """Build an event of *cls* stamped with the run's current counts and elapsed time."""
-        return cls(plan_id=self._state.plan.plan_id, elapsed=time.monotonic() - self._t0,
-                   total=len(self._nodes), completed=self.completed, running=len(self._in_flight),
-                   failed=self.failed, **fields)
+        return cls(
+            plan_id=self._state.plan.plan_id,
+            elapsed=time.monotonic() - self._t0,
+            total=len(self._nodes),
+            completed=self.completed,
+            running=len(self._in_flight),
+            failed=self.failed,
+            **fields,
+        )
 
 
 def check_handlers(nodes: list[WorkflowNode], handlers: Mapping[str, Handler]) -> None:
@@ -229,8 +315,9 @@ def check_handlers(nodes: list[WorkflowNode], handlers: Mapping[str, Handler]) -
     if missing:
         kinds = sorted({n.kind for n in nodes if n.kind not in handlers})
         raise PlanValidationError(
-            [f"no handler for node kind(s) {kinds} (registered: {sorted(handlers)}); "
-             f"nodes: {missing[:10]}"], missing)
+            [f"no handler for node kind(s) {kinds} (registered: {sorted(handlers)}); nodes: {missing[:10]}"],
+            missing,
+        )
 
 
 def _describe(exc: BaseException) -> str:
@@ -238,4 +325,3 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError) and not text:
         return "timed out"
     return text or type(exc).__name__
-

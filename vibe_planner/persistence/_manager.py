@@ -10,10 +10,13 @@ from __future__ import annotations
 import os
 import secrets
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, Generic, TypeVar
 
 import anyio.to_thread
+import pydantic
 
 from .._exceptions import (
     CheckpointCorruptError,
@@ -22,9 +25,8 @@ from .._exceptions import (
     PlanLockedError,
 )
 from .._ids import check_checkpoint_id, check_plan_id, checkpoint_sequence
-from .._models import Checkpoint, CheckpointInfo
-from .._state import Record
-from ._codec import decode_checkpoint, decode_journal, peek_summary
+from .._models import Checkpoint, CheckpointInfo, ResultRecord, ResumePoint
+from ._codec import decode_checkpoint, decode_journal, decode_resume_point, first_error, peek_summary
 from ._lock import PlanLock
 from ._store import CheckpointStore, FileCheckpointStore
 
@@ -36,12 +38,16 @@ def journal_name(run_id: str) -> str:
     return f"journal-{run_id}.jsonl"
 
 
+_Document = TypeVar("_Document", Checkpoint, ResumePoint)
+_RECORD = pydantic.TypeAdapter(ResultRecord)
+
+
 @dataclass(frozen=True, slots=True)
-class Restored:
+class Restored(Generic[_Document]):
     """What a resume starts from: a checkpoint plus the journal records written after it."""
 
-    checkpoint: Checkpoint
-    journal_records: list[Record]
+    checkpoint: _Document
+    journal_records: list[ResultRecord]
     journal_problem: str | None
     """Why part of the journal was ignored (a torn tail), if it was."""
 
@@ -103,7 +109,9 @@ class WorkflowPersistenceManager:
         check_plan_id(plan_id)
         return await anyio.to_thread.run_sync(self._latest_sync, plan_id)
 
-    async def restore(self, plan_id: str, checkpoint_id: str | None = None) -> Restored | None:
+    async def restore(
+        self, plan_id: str, checkpoint_id: str | None = None
+    ) -> Restored[Checkpoint] | None:
         """Return the state a resume starts from, or ``None`` if the plan has no checkpoint.
 
         Without *checkpoint_id* this is the latest checkpoint plus its run's journal; with
@@ -112,7 +120,16 @@ class WorkflowPersistenceManager:
         check_plan_id(plan_id)
         if checkpoint_id is not None:
             check_checkpoint_id(checkpoint_id)
-        return await anyio.to_thread.run_sync(self._restore_sync, plan_id, checkpoint_id)
+        return await anyio.to_thread.run_sync(self._restore_sync, decode_checkpoint, plan_id, checkpoint_id)
+
+    async def resume_point(
+        self, plan_id: str, checkpoint_id: str | None = None
+    ) -> Restored[ResumePoint] | None:
+        """Like `restore`, with node results kept as records (what `MetaPlanner` resumes from)."""
+        check_plan_id(plan_id)
+        if checkpoint_id is not None:
+            check_checkpoint_id(checkpoint_id)
+        return await anyio.to_thread.run_sync(self._restore_sync, decode_resume_point, plan_id, checkpoint_id)
 
     async def verify(self, plan_id: str | None = None) -> list[CheckpointCorruptError]:
         """Check every checkpoint and journal (of one plan or all); return the problems found.
@@ -204,8 +221,13 @@ class WorkflowPersistenceManager:
         return sorted(self.store.list_checkpoints(plan_id), key=checkpoint_sequence, reverse=True)
 
     def _load(self, plan_id: str, checkpoint_id: str) -> Checkpoint:
+        return self._decode(plan_id, checkpoint_id, decode_checkpoint)
+
+    def _decode(
+        self, plan_id: str, checkpoint_id: str, decode: Callable[[bytes, Path], _Document]
+    ) -> _Document:
         name = checkpoint_id + ".json"
-        checkpoint = decode_checkpoint(self.store.read(plan_id, name), self.store.location(plan_id, name))
+        checkpoint = decode(self.store.read(plan_id, name), self.store.location(plan_id, name))
         self._run_of[checkpoint_id] = checkpoint.run_id
         return checkpoint
 
@@ -221,29 +243,34 @@ class WorkflowPersistenceManager:
         return self._load(plan_id or self._find_plan(checkpoint_id), checkpoint_id)
 
     def _latest_sync(self, plan_id: str) -> Checkpoint | None:
+        return self._latest(plan_id, decode_checkpoint)
+
+    def _latest(self, plan_id: str, decode: Callable[[bytes, Path], _Document]) -> _Document | None:
         # Another process may delete the newest file between listing and reading: list again.
         for _ in range(10):
             ids = self._sorted_ids(plan_id)
             if not ids:
                 return None
             try:
-                return self._load(plan_id, ids[0])
+                return self._decode(plan_id, ids[0], decode)
             except CheckpointNotFoundError:
                 continue
         raise CheckpointError(f"checkpoints of plan {plan_id!r} keep vanishing while being read")
 
-    def _restore_sync(self, plan_id: str, checkpoint_id: str | None) -> Restored | None:
+    def _restore_sync(
+        self, decode: Callable[[bytes, Path], _Document], plan_id: str, checkpoint_id: str | None
+    ) -> Restored[_Document] | None:
         if checkpoint_id is not None:
             if checkpoint_id not in self.store.list_checkpoints(plan_id):
                 raise CheckpointNotFoundError(checkpoint_id, plan_id)
-            return Restored(self._load(plan_id, checkpoint_id), [], None)
-        checkpoint = self._latest_sync(plan_id)
+            return Restored(self._decode(plan_id, checkpoint_id, decode), [], None)
+        checkpoint = self._latest(plan_id, decode)
         if checkpoint is None:
             return None
         records, problem = self._journal_after(checkpoint)
         return Restored(checkpoint, records, problem)
 
-    def _journal_after(self, checkpoint: Checkpoint) -> tuple[list[Record], str | None]:
+    def _journal_after(self, checkpoint: Checkpoint | ResumePoint) -> tuple[list[ResultRecord], str | None]:
         name = journal_name(checkpoint.run_id)
         try:
             raw = self.store.read(checkpoint.plan_id, name)
@@ -252,6 +279,7 @@ class WorkflowPersistenceManager:
         journal = decode_journal(raw)
         path = self.store.location(checkpoint.plan_id, name)
         known = {node.id for node in checkpoint.workflow_plan.nodes}
+        completed = set(checkpoint.completed_nodes)
         records = []
         for entry in journal.records:
             record = entry.get("result")
@@ -260,8 +288,12 @@ class WorkflowPersistenceManager:
             node_id = record.get("node_id")
             if node_id not in known or record.get("status") != "completed":
                 raise CheckpointCorruptError(path, f"journal record for unknown node {node_id!r}")
-            if node_id not in checkpoint.completed_nodes:
-                records.append(record)
+            if node_id not in completed:
+                try:
+                    records.append(_RECORD.validate_python(record))
+                except pydantic.ValidationError as exc:
+                    where = f"journal record of node {node_id!r}"
+                    raise CheckpointCorruptError(path, f"{where}: {first_error(exc)}") from None
         return records, journal.problem
 
     def _info(self, plan_id: str, checkpoint_id: str) -> CheckpointInfo | None:
