@@ -37,7 +37,7 @@ _SORTED = orjson.OPT_SORT_KEYS
 _NULL = orjson.Fragment(b"null")
 _IMMUTABLE = (str, int, bool, type(None))  # round-trip through JSON unchanged (floats may not)
 _RESULTS = pydantic.TypeAdapter(dict[str, NodeResult])
-_RESULT_SLICE = 250  # result models built per step: about a millisecond
+_RESULT_SLICE = 100  # result models built per step: well under a millisecond
 _NODES = pydantic.TypeAdapter(list[WorkflowNode])  # the schema of `WorkflowPlan.nodes`
 _NODE_SLICE = 100  # nodes dumped per call: ~0.1 ms
 
