@@ -1,8 +1,9 @@
 r"""The checkpoint and journal codecs (orjson), with integrity checks and schema migration.
 
 A checkpoint document is the canonical JSON (sorted keys) of its fields followed by a
-``checksum`` field holding ``sha256:<hex>`` of those canonical bytes. Decoding re-encodes the
-parsed fields canonically and compares digests, so any changed byte that still parses is caught.
+``checksum`` field holding ``sha256:<hex>`` of those canonical bytes. Decoding hashes the stored
+bytes when they are laid out as `encode_checkpoint` writes them, and otherwise re-encodes the
+parsed fields canonically; either way any changed byte that still parses is caught.
 
 A journal is one record per line: ``<crc32 hex> <json>\\n``. A line that is cut short or fails
 its CRC ends the trusted part of the journal: everything before it is used, nothing after it.
