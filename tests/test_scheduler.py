@@ -8,8 +8,10 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from tests.helpers import StaticPlanner, node
+from tests.helpers import StaticPlanner, node, random_dag
 from vibe_planner import (
     MetaPlanner,
     NodeContext,
@@ -320,3 +322,87 @@ async def test_cancellation_writes_a_cancelled_checkpoint_and_propagates(tmp_pat
     assert checkpoint.completed_nodes == ["quick"]
     assert checkpoint.node_results["hang"].status == NodeStatus.CANCELLED
     assert checkpoint.pending_nodes == ["hang"]
+
+
+_BEHAVIOURS = ("instant", "yield", "sleep", "fail")
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    size=st.integers(1, 40),
+    concurrency=st.integers(1, 8),
+    seed=st.integers(0, 2**16),
+    behaviours=st.lists(st.sampled_from(_BEHAVIOURS), min_size=40, max_size=40),
+    fail_fast=st.booleans(),
+)
+def test_property_any_dag_runs_each_node_once_in_order_within_the_limit(
+    tmp_path_factory: pytest.TempPathFactory, size: int, concurrency: int, seed: int,
+    behaviours: list[str], fail_fast: bool,
+) -> None:
+    # Handlers that return at once, yield, sleep or fail, in any mix: the pool (which grows
+    # and shrinks on demand) must never stall, never exceed the limit, start a node only after
+    # its dependencies completed, and run each node at most once.
+    nodes = random_dag(size, seed)
+    kind_of = {n.id: behaviours[i] for i, n in enumerate(nodes)}
+    deps_of = {n.id: n.depends_on for n in nodes}
+    completed: set[str] = set()
+    started: list[str] = []
+    running = peak = 0
+
+    async def work(ctx: NodeContext) -> str:
+        nonlocal running, peak
+        node_id = ctx.node.id
+        assert all(dep in completed for dep in deps_of[node_id]), node_id
+        started.append(node_id)
+        running += 1
+        peak = max(peak, running)
+        try:
+            behaviour = kind_of[node_id]
+            if behaviour == "yield":
+                await anyio.lowlevel.checkpoint()
+            elif behaviour == "sleep":
+                await anyio.sleep(0.001)
+            elif behaviour == "fail":
+                raise NodeError(f"{node_id} fails", retryable=False)
+        finally:
+            running -= 1
+        completed.add(node_id)
+        return node_id
+
+    async def main() -> Any:
+        planner = make(tmp_path_factory.mktemp("prop"), nodes, {"work": work},
+                       max_concurrency=concurrency, durability="none", fail_fast=fail_fast)
+        with anyio.fail_after(20):
+            return await planner.execute("property")
+
+    result = anyio.run(main)
+    failing = "fail" in kind_of.values()
+    assert result.status == ("failed" if failing else "completed")
+    for node_id, status in ((k, r.status) for k, r in result.node_results.items()):
+        if node_id in completed:
+            assert status == NodeStatus.COMPLETED
+        elif kind_of[node_id] == "fail" and node_id in started:
+            assert status == NodeStatus.FAILED
+        elif fail_fast:  # the run stopped at the first failure
+            assert status in (NodeStatus.SKIPPED, NodeStatus.CANCELLED, NodeStatus.PENDING)
+        else:  # a dependency failed, directly or further up
+            assert status == NodeStatus.SKIPPED, (node_id, status)
+    assert len(started) == len(set(started))
+    assert peak <= concurrency
+
+
+async def test_a_failure_without_checkpoints_is_a_failed_result(tmp_path: Path) -> None:
+    # Regression: with durability "none", a failed node used to ask the (disabled) writer for
+    # a "failure" snapshot, and the run died on an internal assertion instead.
+    async def work(ctx: NodeContext) -> str:
+        if ctx.node.id == "bad":
+            raise NodeError("broken", retryable=False)
+        return ctx.node.id
+
+    nodes = [node("ok"), node("bad"), node("after", "bad")]
+    result = await make(tmp_path, nodes, {"work": work}, durability="none").execute("no cps")
+    assert result.status == "failed"
+    assert {k: r.status for k, r in result.node_results.items()} == {
+        "ok": "completed", "bad": "failed", "after": "skipped"}
+    assert result.checkpoints_written == []
+    assert not (tmp_path / "cp").exists()

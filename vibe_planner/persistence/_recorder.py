@@ -86,6 +86,8 @@ class RunRecorder:
 
     def request(self, reason: CheckpointReason) -> int:
         """Ask for a snapshot without waiting; return the request's generation."""
+        if not self.enabled:
+            return self._requested  # nothing is written (durability "none")
         if self._reason is None or _PRIORITY[reason] >= _PRIORITY[self._reason]:
             self._reason = reason
         self._finished_since_snapshot = 0
