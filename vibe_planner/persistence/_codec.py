@@ -74,7 +74,7 @@ def encode_checkpoint(fields: dict[str, Any]) -> bytes:
         else:
             add(_members(orjson.dumps({key: value}, option=_SORTED)))
     digest.update(b"}")
-    pieces.append(b',"checksum":"' + (_CHECKSUM_PREFIX + digest.hexdigest()).encode() + b'"}')
+    pieces.append(_TAIL_HEAD + digest.hexdigest().encode() + b'"}')  # what `_as_encoded` reads
     return b"".join(pieces)
 
 
