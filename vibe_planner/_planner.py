@@ -225,7 +225,7 @@ class MetaPlanner:
                 raise CheckpointMismatchError(
                     plan_id, f"it was planned for the vibe {stored.description[:60]!r}, "
                     f"not {vibe.description[:60]!r}")
-            return await self._resume(restored, metadata)
+            return await self._resume(restored, metadata, from_latest=checkpoint_id is None)
 
     async def resume(self, plan_id: str, *, checkpoint_id: str | None = None) -> ExecutionResult:
         """Resume a plan by id, with the vibe stored in its checkpoint.
@@ -244,7 +244,7 @@ class MetaPlanner:
             restored = await self._restore(plan_id, checkpoint_id)
             if restored is None:
                 raise CheckpointNotFoundError(None, plan_id)
-            return await self._resume(restored, None)
+            return await self._resume(restored, None, from_latest=checkpoint_id is None)
 
     # -- checkpoints ----------------------------------------------------------------------------
     async def create_checkpoint(
@@ -265,7 +265,10 @@ class MetaPlanner:
             else execution_state.workflow_plan
         if plan.plan_id != plan_id:
             raise CheckpointMismatchError(plan_id, f"the execution state is of plan {plan.plan_id!r}")
-        state = RunState(plan, execution_state.run_id, dict(metadata or {}))
+        # A run id of its own: the state given is all this checkpoint holds. Reusing the
+        # original run's id would let that run's journal (a crashed run's, say) be replayed
+        # on top of it at the next resume.
+        state = RunState(plan, _new_run_id(), dict(metadata or {}))
         state.usage = execution_state.usage
         for result in execution_state.node_results.values():
             if result.status == NodeStatus.COMPLETED:
@@ -304,7 +307,7 @@ class MetaPlanner:
         return await self.persistence_manager.resume_point(plan_id, checkpoint_id)
 
     async def _resume(
-        self, restored: Restored[ResumePoint], metadata: Mapping[str, Any] | None
+        self, restored: Restored[ResumePoint], metadata: Mapping[str, Any] | None, *, from_latest: bool
     ) -> ExecutionResult:
         checkpoint = restored.checkpoint
         if restored.journal_problem is not None:
@@ -322,18 +325,21 @@ class MetaPlanner:
                 state.restore(result, count_usage=False)
         for record in restored.journal_records:
             state.restore(record, count_usage=True)
-        return await self._run(state, checkpoint.checkpoint_id)
+        return await self._run(state, checkpoint.checkpoint_id, from_latest=from_latest)
 
-    async def _run(self, state: RunState, resumed_from: str | None) -> ExecutionResult:
+    async def _run(
+        self, state: RunState, resumed_from: str | None, *, from_latest: bool = True
+    ) -> ExecutionResult:
         if not self._llm_nodes or not any(n.kind == "llm" for n in state.plan.nodes):
-            return await self._run_with(state, resumed_from, self.handlers)
+            return await self._run_with(state, resumed_from, self.handlers, from_latest)
         assert self.llm is not None
         async with LLMSession(self.llm, self._rate_limiter) as session:
             handlers: dict[str, Handler] = {**self.handlers, "llm": LLMNodeHandler(session)}
-            return await self._run_with(state, resumed_from, handlers)
+            return await self._run_with(state, resumed_from, handlers, from_latest)
 
     async def _run_with(
-        self, state: RunState, resumed_from: str | None, handlers: Mapping[str, Handler]
+        self, state: RunState, resumed_from: str | None, handlers: Mapping[str, Handler],
+        from_latest: bool = True,
     ) -> ExecutionResult:
         started = time.monotonic()
         restored = sum(1 for node_id in state.records if state.is_completed(node_id))
@@ -349,6 +355,9 @@ class MetaPlanner:
             self.persistence_manager if self.durability != "none" else None, state,
             durability=self.durability, interval=self.checkpoint_interval,
             on_checkpoint=on_checkpoint,
+            # The journal of a run resumed from the latest checkpoint names that checkpoint
+            # until the run's own first snapshot is durable (see `_drive`).
+            resumed_from=resumed_from if from_latest else None,
         )
         scheduler = Scheduler(state, handlers, recorder, max_concurrency=self.max_concurrency,
                               retry=self.retry, node_timeout=self.node_timeout,
@@ -362,9 +371,11 @@ class MetaPlanner:
                 tg.start_soon(recorder.run, name="vibe_planner checkpoint writer")
                 tg.start_soon(bus.deliver, name="vibe_planner progress callback")
                 try:
-                    status = await self._drive(state, recorder, scheduler, resumed_from)
-                except anyio.get_cancelled_exc_class():
-                    status = "cancelled"
+                    status = await self._drive(recorder, scheduler, resumed_from, from_latest)
+                except Exception:
+                    raise  # an error of ours: the run failed
+                except BaseException:
+                    status = "cancelled"  # cancelled, or interrupted by a handler's BaseException
                     raise
                 finally:
                     recorder.close()
@@ -387,20 +398,25 @@ class MetaPlanner:
         )
 
     async def _drive(
-        self, state: RunState, recorder: RunRecorder, scheduler: Scheduler, resumed_from: str | None
+        self, recorder: RunRecorder, scheduler: Scheduler, resumed_from: str | None, from_latest: bool
     ) -> Any:
         if resumed_from is None:
             # Durable before any node runs, so that a resume never has to plan again.
             await recorder.checkpoint("planned")
-        else:
-            # Not awaited: nodes start at once. Until this snapshot is durable the old one is
-            # the latest, and journal records of this run are not trusted (they belong to a run
-            # no snapshot names yet), so a crash in that window re-runs at worst the few nodes
-            # completed meanwhile, and never loses a recorded one.
+        elif from_latest:
+            # Not awaited: nodes start at once. Until this snapshot is durable, the checkpoint
+            # resumed from stays the latest, and this run's journal starts with a header naming
+            # it, so a resume after a crash in that window replays the journal all the same.
             recorder.request("resumed")
+        else:
+            # Resumed from an older checkpoint than the latest: until this snapshot is durable
+            # a crash would resume from the latest, whose branch this run's journal is not on.
+            await recorder.checkpoint("resumed")
         try:
             status = await scheduler.run()
-        except anyio.get_cancelled_exc_class():
+        except BaseException:
+            # Cancelled, or a handler raised a BaseException (KeyboardInterrupt, SystemExit, one
+            # of its own): either way the run stops here, and says so on disk before it goes.
             with anyio.CancelScope(shield=True):
                 scheduler.mark_cancelled()
                 await recorder.checkpoint("cancelled")

@@ -9,7 +9,7 @@ and encoding that copy in a worker thread needs no lock and re-encodes no output
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -76,6 +76,9 @@ class RunState:
         self.records: dict[str, Record] = {}
         self.outputs: dict[str, Any] = {}
         self.usage = plan.usage or TokenUsage()
+        # The encoded outputs of completed nodes whose output is a container: each dependent
+        # decodes its own copy from them (see `inputs_of`).
+        self._encoded: dict[str, bytes] = {}
         # Encoded by the writer thread on the first snapshot: never on the event loop.
         self._plan_json: orjson.Fragment | None = None
         self._vibe_json: orjson.Fragment | None = None
@@ -89,7 +92,11 @@ class RunState:
         encoded = encode_output(node_id, output)
         # Dependents see the output as it will read back from a checkpoint (tuples become
         # lists, ...), so a resumed run computes exactly what a fresh one would.
-        self.outputs[node_id] = output if type(output) in _IMMUTABLE else orjson.loads(encoded)
+        if type(output) in _IMMUTABLE:
+            self.outputs[node_id] = output
+        else:
+            self.outputs[node_id] = orjson.loads(encoded)
+            self._encoded[node_id] = encoded
         record = _record(node_id, NodeStatus.COMPLETED, orjson.Fragment(encoded), None, attempts,
                          started_at, usage)
         return self._store(record, usage)
@@ -112,12 +119,15 @@ class RunState:
         node_id, output = result["node_id"], result.get("output")
         error, usage = result.get("error"), result.get("usage")
         self.outputs[node_id] = output
+        if type(output) in _IMMUTABLE:
+            stored: Any = output  # a scalar encodes the same as its fragment would
+        else:
+            self._encoded[node_id] = encoded = orjson.dumps(output, option=_SORTED)
+            stored = orjson.Fragment(encoded)
         record = {
             "node_id": node_id,
             "status": NodeStatus.COMPLETED.value,
-            # A scalar encodes the same as its fragment would: only containers are pre-encoded.
-            "output": output if type(output) in _IMMUTABLE else orjson.Fragment(
-                orjson.dumps(output, option=_SORTED)),
+            "output": stored,
             "error": None if error is None else error.model_dump(),
             "attempts": result.get("attempts", 0),
             "started_at": result.get("started_at"),
@@ -125,6 +135,19 @@ class RunState:
             "usage": None if usage is None else usage.model_dump(),
         }
         self._store(record, usage if count_usage else None)
+
+    def inputs_of(self, node_ids: Sequence[str]) -> dict[str, Any]:
+        """Return the outputs of *node_ids* (completed nodes) as a handler's own copies.
+
+        Scalars are shared (they cannot change); containers are decoded afresh from their
+        encoded form, so a handler that mutates its inputs changes no other node's, and a run
+        and its resumed twin compute the same thing.
+        """
+        outputs, encoded = self.outputs, self._encoded
+        return {
+            node_id: orjson.loads(encoded[node_id]) if node_id in encoded else outputs[node_id]
+            for node_id in node_ids
+        }
 
     def _store(self, record: Record, usage: TokenUsage | None) -> Record:
         if usage is not None:

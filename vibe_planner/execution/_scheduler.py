@@ -16,6 +16,8 @@ crowd of idle workers.
 
 from __future__ import annotations
 
+import asyncio
+import math
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -98,7 +100,9 @@ class Scheduler:
                 self._tg = tg
                 await self._grow_pool()
             self.mark_cancelled()  # nodes stopped by fail_fast
-        return "failed" if self.failed else "completed"
+        # Completed means every node is: counted, not inferred from the absence of failures
+        # (a node whose worker was stopped without a record is not a success).
+        return "completed" if self.completed == len(self._nodes) and not self.failed else "failed"
 
     def mark_cancelled(self) -> None:
         """Record nodes that were running when the run was cancelled as ``cancelled``."""
@@ -222,40 +226,55 @@ class Scheduler:
                 self._recorder.request("failure")
 
     async def _attempts(self, node: WorkflowNode, started_at: datetime) -> Record:
-        state, handler = self._state, self._handlers[node.kind]
+        state = self._state
         attempts = node.max_attempts or self._retry.max_attempts
-        timeout = node.timeout or self._timeout
-        outputs = state.outputs
-        inputs = {dep: outputs[dep] for dep in node.depends_on} if node.depends_on else {}
+        key = f"{self._plan_id}:{node.id}"
         for attempt in range(1, attempts + 1):
-            key = f"{self._plan_id}:{node.id}"
+            # Each attempt gets its own copy of its inputs: a handler that changes them changes
+            # nobody else's (nor its own next attempt's), as after a resume.
+            inputs = state.inputs_of(node.depends_on)
             context = NodeContext(node, inputs, self._vibe, self._plan_id, state.run_id, attempt, key)
             if self._emit is not None:
                 self._emit(self.event(NodeStarted, node_id=node.id, attempt=attempt))
-            try:
-                if timeout is None:
-                    output = await handler(context)
-                else:
-                    with anyio.fail_after(timeout):
-                        output = await handler(context)
-                record = state.complete(
-                    node.id, output, attempts=attempt, started_at=started_at, usage=context.usage
-                )
-            except Exception as exc:
-                retryable = bool(getattr(exc, "retryable", True)) and attempt < attempts
-                if not retryable:
-                    return self._failed(node, exc, attempt, started_at, context)
-                delay = self._retry.delay(attempt, retry_after=getattr(exc, "retry_after", None))
-                if self._emit is not None:
-                    self._emit(
-                        self.event(
-                            NodeRetrying, node_id=node.id, attempt=attempt, delay=delay, error=_describe(exc)
-                        )
-                    )
-                await anyio.sleep(delay)
-                continue
-            return record
+            exc = await self._attempt(node, context, started_at)
+            if isinstance(exc, dict):
+                return exc
+            retryable = bool(getattr(exc, "retryable", True)) and attempt < attempts
+            if not retryable:
+                return self._failed(node, exc, attempt, started_at, context)
+            delay = self._retry.delay(attempt, retry_after=getattr(exc, "retry_after", None))
+            if self._emit is not None:
+                self._emit(self.event(NodeRetrying, node_id=node.id, attempt=attempt, delay=delay,
+                                      error=_describe(exc)))
+            await anyio.sleep(delay)
         raise AssertionError("unreachable: the last attempt returns")  # pragma: no cover
+
+    async def _attempt(
+        self, node: WorkflowNode, context: NodeContext, started_at: datetime
+    ) -> Record | Exception:
+        """Run one attempt; return the completed record, or the exception that failed it."""
+        timeout = node.timeout or self._timeout
+        handler = self._handlers[node.kind]
+        try:
+            if timeout is None:
+                output = await handler(context)
+            else:
+                with anyio.fail_after(timeout):
+                    output = await handler(context)
+            return self._state.complete(
+                node.id, output, attempts=context.attempt, started_at=started_at, usage=context.usage
+            )
+        except Exception as exc:
+            return exc
+        except anyio.get_cancelled_exc_class():
+            if _run_cancelled():
+                raise
+            # Not the run's cancellation: the handler let out one of its own (it awaited a task
+            # it had cancelled, say). Swallowed, it would end the worker without a record and
+            # the run would look complete; it is a failure of the node.
+            return StrayCancellationError(
+                "the handler let out a cancellation that did not come from the run "
+                "(did it await a task it had cancelled?)")
 
     def _failed(
         self, node: WorkflowNode, exc: Exception, attempt: int, started_at: datetime, context: NodeContext
@@ -318,6 +337,21 @@ def check_handlers(nodes: list[WorkflowNode], handlers: Mapping[str, Handler]) -
             [f"no handler for node kind(s) {kinds} (registered: {sorted(handlers)}); nodes: {missing[:10]}"],
             missing,
         )
+
+
+class StrayCancellationError(Exception):
+    """A handler raised a cancellation exception although nothing cancelled the run."""
+
+
+def _run_cancelled() -> bool:
+    """Whether the current task is being cancelled (by a cancelled scope or a native cancel)."""
+    if anyio.current_effective_deadline() == -math.inf:
+        return True
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:  # not running on asyncio
+        return False
+    return task is not None and task.cancelling() > 0
 
 
 def _describe(exc: BaseException) -> str:

@@ -7,12 +7,17 @@ parsed fields canonically; either way any changed byte that still parses is caug
 
 A journal is one record per line: ``<crc32 hex> <json>\\n``. A line that is cut short or fails
 its CRC ends the trusted part of the journal: everything before it is used, nothing after it.
+Each record is ``{"run": <run_id>, "result": <node result>}``. A resumed run that appends to its
+journal before its own first snapshot is durable starts it with a header,
+``{"run": <run_id>, "resumed_from": <checkpoint_id>}``: until that snapshot exists, the header
+is what ties the journal to the checkpoint it continues (see `WorkflowPersistenceManager`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import zlib
+from collections import Counter
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -31,6 +36,7 @@ __all__ = [
     "encode_checkpoint",
     "encode_journal",
     "first_error",
+    "journal_entries",
     "peek_summary",
 ]
 
@@ -220,8 +226,27 @@ def _check_consistency(cp: Checkpoint | ResumePoint, path: Path) -> None:
         if status != "completed":
             problems.append(f"node {node_id!r} listed as completed without a completed result")
             break
+    problems.extend(_partition_problems(cp, known))
     if problems:
         raise CheckpointCorruptError(path, "; ".join(problems))
+
+
+def _partition_problems(cp: Checkpoint | ResumePoint, known: set[str]) -> list[str]:
+    """Say how the completed, pending and failed lists fail to hold every plan node once."""
+    listed = [*cp.completed_nodes, *cp.pending_nodes, *cp.failed_nodes]
+    if len(listed) == len(known) and set(listed) == known:
+        return []
+    problems = []
+    missing = sorted(known.difference(listed))
+    if missing:
+        problems.append(f"nodes {missing[:5]} are in none of completed/pending/failed_nodes")
+    strangers = sorted(set(listed) - known)
+    if strangers:
+        problems.append(f"node lists name nodes not in the plan: {strangers[:5]}")
+    if len(listed) != len(set(listed)):
+        twice = sorted(n for n, count in Counter(listed).items() if count > 1)
+        problems.append(f"nodes {twice[:5]} are listed more than once")
+    return problems
 
 
 def first_error(exc: pydantic.ValidationError) -> str:
@@ -229,6 +254,16 @@ def first_error(exc: pydantic.ValidationError) -> str:
     where = ".".join(str(part) for part in error["loc"]) or "document"
     more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
     return f"{where}: {error['msg']}{more}"
+
+
+def journal_entries(
+    run_id: str, results: Iterable[dict[str, Any]], *, resumed_from: str | None = None
+) -> Iterable[dict[str, Any]]:
+    """Return the journal entries of *results*, after a header if *resumed_from* is given."""
+    if resumed_from is not None:
+        yield {"run": run_id, "resumed_from": resumed_from}
+    for result in results:
+        yield {"run": run_id, "result": result}
 
 
 def encode_journal(records: Iterable[dict[str, Any]]) -> bytes:
@@ -244,8 +279,12 @@ class JournalRead:
     """The trusted records of a journal and what was ignored after them."""
 
     def __init__(self, records: list[dict[str, Any]], ignored_bytes: int, problem: str | None) -> None:
+        self.header: dict[str, Any] | None = None
+        """The first entry, if it is a header (``resumed_from``) rather than a result."""
+        if records and "resumed_from" in records[0] and "result" not in records[0]:
+            self.header, records = records[0], records[1:]
         self.records = records
-        """Records up to the first damaged line."""
+        """Result records (after the header) up to the first damaged line."""
         self.ignored_bytes = ignored_bytes
         """Bytes after the trusted part (a torn tail or damage), not used."""
         self.problem = problem

@@ -18,12 +18,13 @@ from collections.abc import Callable
 from typing import Literal
 
 import anyio
+import anyio.lowlevel
 import anyio.to_thread
 
 from .._exceptions import CheckpointWriteError
 from .._models import CheckpointReason
 from .._state import Capture, Record, RunState
-from ._codec import encode_checkpoint, encode_journal
+from ._codec import encode_checkpoint, encode_journal, journal_entries
 from ._manager import WorkflowPersistenceManager, journal_name
 
 __all__ = ["Durability", "RunRecorder"]
@@ -53,6 +54,7 @@ class RunRecorder:
         durability: Durability,
         interval: int | None,
         on_checkpoint: Callable[[str, str], None] | None = None,
+        resumed_from: str | None = None,
     ) -> None:
         self._manager = manager
         self._state = state
@@ -60,6 +62,10 @@ class RunRecorder:
         self._journal_on = self.enabled and durability == "journal"
         self._interval = interval
         self._on_checkpoint = on_checkpoint
+        # Until this run's first snapshot is durable, the latest checkpoint is the one it
+        # resumed from, which names another run: the journal then starts with a header naming
+        # that checkpoint, so that a resume after a crash in that window still finds it.
+        self._header: str | None = resumed_from
         self._records: list[Record] = []
         self._finished_since_snapshot = 0
         self._reason: str | None = None
@@ -68,6 +74,7 @@ class RunRecorder:
         self._wake = anyio.Event()
         self._progress = anyio.Event()
         self._closing = False
+        self._ended = False
         self._failure: BaseException | None = None
         self.written: list[str] = []
         """Ids of the checkpoints written, oldest first."""
@@ -99,6 +106,8 @@ class RunRecorder:
         """Write a snapshot of the current state and wait until it is durable; return its id."""
         if not self.enabled:
             return None
+        if self._ended:
+            raise RuntimeError("the checkpoint writer of this run has already ended")
         generation = self.request(reason)
         while self._written < generation:
             if self._failure is not None:
@@ -115,14 +124,22 @@ class RunRecorder:
     async def run(self) -> None:
         """Write batches until closed. Shielded: a cancelled run still gets its last writes."""
         with anyio.CancelScope(shield=True):
+            # One turn of the loop first: nodes ready at the start (a resume's, say) complete
+            # their first streak, and their records share the first batch's fsync.
+            await anyio.lowlevel.checkpoint()
             while True:
-                await self._wake.wait()
+                # A fresh event before looking at the state: every change to the state sets
+                # the event after it is made, so no wake-up can fall between the look and
+                # the wait (`close` included: it is looked at on every pass, not only when a
+                # wake-up finds no work).
                 self._wake = anyio.Event()
-                if not self._records and self._reason is None:
-                    if self._closing:
-                        return
-                    continue
-                await self._write_batch()
+                if self._records or self._reason is not None:
+                    await self._write_batch()
+                elif self._closing:
+                    self._ended = True
+                    return
+                else:
+                    await self._wake.wait()
 
     async def _write_batch(self) -> None:
         records, self._records = self._records, []
@@ -167,7 +184,9 @@ class RunRecorder:
         plan_id, run_id = state.plan.plan_id, state.run_id
         journal = journal_name(run_id)
         if records:
-            store.append(plan_id, journal, encode_journal({"run": run_id, "result": r} for r in records))
+            entries = journal_entries(run_id, records, resumed_from=self._header)
+            store.append(plan_id, journal, encode_journal(entries))
+            self._header = None
         if capture is None or reason is None:
             return None
 
@@ -178,6 +197,7 @@ class RunRecorder:
             return encode_checkpoint(fields)
 
         checkpoint_id = self._manager.write_snapshot_sync(plan_id, run_id, encode)
+        self._header = None  # the journal is this snapshot's from now on
         if self._journal_on:
             store.truncate(plan_id, journal)
         return checkpoint_id
