@@ -241,3 +241,28 @@ async def test_a_final_checkpoint_missing_a_node_is_corrupt(tmp_path: Path) -> N
     assert "['b']" in caught.value.reason
     with pytest.raises(CheckpointCorruptError):
         await manager.get_checkpoint(final)
+
+
+# -- smaller: the manager's cache of run ids is bounded, and eviction does not confuse retention ------
+@pytest.mark.anyio
+async def test_run_id_cache_is_bounded_and_retention_survives_eviction(tmp_path: Path) -> None:
+    from vibe_planner.persistence._manager import _RunIds
+
+    async def work(ctx: NodeContext) -> str:
+        return ctx.node.id
+
+    manager = WorkflowPersistenceManager(tmp_path / "cp", keep_last=2)
+    manager._run_of = _RunIds(capacity=4)
+    planner = MetaPlanner(planner=StaticPlanner([node("a"), node("b", "a")]), handlers={"work": work},
+                          persistence_manager=manager, checkpoint_interval=1)
+    for i in range(12):
+        result = await planner.execute_with_resume(f"plan {i}")
+        assert result.status == "completed"
+        assert len(manager._run_of) <= 4
+    for i in range(12):
+        plan_id = Vibe(description=f"plan {i}").default_plan_id()
+        infos = await manager.list_checkpoints(plan_id)
+        assert [info.reason for info in infos] == ["final", "interval"]
+        journals = sorted(p.name for p in (tmp_path / "cp" / plan_id).glob("journal-*"))
+        run_ids = {(await manager.get_checkpoint(info.checkpoint_id)).run_id for info in infos}
+        assert journals == sorted(f"journal-{r}.jsonl" for r in run_ids)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+import vibe_planner
 from tests.fake_openai import FakeOpenAIServer, text_contains
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -93,3 +94,10 @@ def test_providers_shell_example_runs_against_a_loopback_server(tmp_path: Path) 
         assert {b["model"] for b in server.chat_requests()} == {env["VIBE_PLANNER_MODEL"]}
         assert len(server.chat_requests()) == 1 + len(DOC_PLAN["nodes"])
     assert "completed: plan" in done.stdout and "ran offline" not in done.stdout
+
+
+def test_every_public_name_appears_in_a_doc_example() -> None:
+    code = "\n".join(block for page in PAGES for block in python_blocks(page))
+    missing = [name for name in vibe_planner.__all__
+               if not re.search(rf"\b{re.escape(name)}\b", code)]
+    assert not missing, f"public names in no ```python block of docs/*.md or README.md: {missing}"

@@ -13,8 +13,17 @@ pytestmark = pytest.mark.anyio
 EXAMPLES = Path(__file__).resolve().parent.parent / ".vibe_checkpoints.example"
 
 
-async def test_every_example_file_verifies_and_loads() -> None:
-    manager = WorkflowPersistenceManager(EXAMPLES)
+def private_copy(destination: Path) -> Path:
+    """Copy the examples, owner-only: a checkout's modes follow its umask (0775 under umask 002),
+    and the store refuses folders that others may write to."""
+    shutil.copytree(EXAMPLES, destination)
+    for path in [destination, *destination.rglob("*")]:
+        path.chmod(0o700 if path.is_dir() else 0o600)
+    return destination
+
+
+async def test_every_example_file_verifies_and_loads(tmp_path: Path) -> None:
+    manager = WorkflowPersistenceManager(private_copy(tmp_path / "cp"))
     assert await manager.verify() == []
     infos = await manager.list_checkpoints()
     assert len(infos) >= 4 and all(info.error is None for info in infos)
@@ -30,7 +39,7 @@ async def test_every_example_file_verifies_and_loads() -> None:
 
 
 async def test_the_failed_example_plan_resumes_from_its_files(tmp_path: Path) -> None:
-    shutil.copytree(EXAMPLES, tmp_path / "cp")
+    private_copy(tmp_path / "cp")
     ran: list[str] = []
 
     async def work(context: NodeContext) -> str:

@@ -22,6 +22,7 @@ from ._exceptions import NodeOutputError as NodeOutputError
 from ._exceptions import PlanLockedError as PlanLockedError
 from ._exceptions import PlanningError as PlanningError
 from ._exceptions import PlanValidationError as PlanValidationError
+from ._exceptions import UnsafeCheckpointFolderError as UnsafeCheckpointFolderError
 from ._exceptions import VibePlannerError as VibePlannerError
 from ._models import Checkpoint as Checkpoint
 from ._models import CheckpointInfo as CheckpointInfo
@@ -91,6 +92,7 @@ __all__ = [
     "RetryPolicy",
     "RunFinished",
     "TokenUsage",
+    "UnsafeCheckpointFolderError",
     "Vibe",
     "VibePlannerError",
     "WorkflowNode",

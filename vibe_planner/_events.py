@@ -1,4 +1,4 @@
-"""Typed progress events of a run, for `MetaPlanner(progress_callback=...)` and `MetaPlanner.events`.
+"""Typed progress events of a run, for `MetaPlanner(progress_callback=...)` and `MetaPlanner.subscribe`.
 
 Every event carries the plan id, the seconds since the run started, and the counts at the
 moment it happened, so a display can redraw from any single event.

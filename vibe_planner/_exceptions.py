@@ -14,6 +14,7 @@ VibePlannerError
     ├── CheckpointNotFoundError   (also LookupError) no checkpoint with that id
     ├── CheckpointCorruptError                       a checkpoint or journal file cannot be trusted
     ├── CheckpointMismatchError                      the checkpoint belongs to another vibe or plan
+    ├── UnsafeCheckpointFolderError (also PermissionError) another user could have written it
     └── CheckpointWriteError      (also OSError)     the disk refused a checkpoint write
 ```
 
@@ -41,6 +42,7 @@ __all__ = [
     "PlanLockedError",
     "PlanValidationError",
     "PlanningError",
+    "UnsafeCheckpointFolderError",
     "VibePlannerError",
 ]
 
@@ -241,6 +243,25 @@ class CheckpointMismatchError(CheckpointError):
         self.plan_id = plan_id
         self.reason = reason
         super().__init__(f"checkpoints of plan {plan_id!r} do not match: {reason}")
+
+
+class UnsafeCheckpointFolderError(CheckpointError, PermissionError):
+    """A checkpoint folder or file could have been written by someone else; nothing was read.
+
+    Like ssh with a key file, vibe_planner refuses to resume from (or write to) a plan whose
+    folder, checkpoint root or files belong to another user (root excepted) or are writable
+    by group or others: anyone who can write there can plant the state a resume trusts.
+
+    Attributes:
+        path: The folder or file that is not safe.
+        reason: Who owns it or which permission bits are wrong, and how to fix it.
+
+    """
+
+    def __init__(self, path: Path, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(f"unsafe checkpoint location {str(path)!r}: {reason}")
 
 
 class CheckpointWriteError(CheckpointError, OSError):

@@ -5,14 +5,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import secrets
-import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, Literal
 
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from ._events import CheckpointWritten, EventBus, PlanCreated, ProgressEvent, RunFinished
+from ._events import ProgressEvent
 from ._exceptions import (
     CheckpointMismatchError,
     CheckpointNotFoundError,
@@ -28,20 +27,21 @@ from ._models import (
     ExecutionResult,
     NodeStatus,
     ResumePoint,
-    RunStatus,
     Vibe,
     WorkflowPlan,
     encode_json_bounded,
 )
+from ._redact import Redactor
 from ._state import RunState, as_record, as_results
 from .execution._context import Handler, RetryPolicy
 from .execution._handlers import default_handlers, offline_llm_handler
-from .execution._scheduler import Scheduler, check_handlers
+from .execution._run import Run, RunSettings
+from .execution._scheduler import check_handlers
 from .llm import LLMConfig, LLMNodeHandler, LLMPlanner, LLMSession
 from .llm._session import RateLimiter
 from .persistence._lock import PlanLock
 from .persistence._manager import Restored, WorkflowPersistenceManager
-from .persistence._recorder import Durability, RunRecorder
+from .persistence._recorder import Durability, open_recorder
 from .planning import OfflinePlanner, Planner
 
 __all__ = ["MetaPlanner", "VibeLike"]
@@ -103,6 +103,7 @@ class MetaPlanner:
         if durability not in ("journal", "interval", "none"):
             raise ValueError(f"durability must be 'journal', 'interval' or 'none', got {durability!r}")
         self.llm: LLMConfig | None = LLMConfig.from_env() if llm is None else (llm or None)
+        self._redactor = Redactor([self.llm.api_key] if self.llm else [])
         self.handlers: dict[str, Handler] = {**default_handlers(), **(handlers or {})}
         # The LLM handler needs a client per run; "llm" stays offline only without an LLM.
         self._llm_nodes = self.llm is not None and "llm" not in (handlers or {})
@@ -170,7 +171,10 @@ class MetaPlanner:
         except VibePlannerError:
             raise
         except Exception as exc:
-            raise PlanningError(f"{type(self.planner).__name__}.plan raised {exc!r}") from exc
+            reason = f"{type(self.planner).__name__}.plan raised {exc!r}"
+            safe = self._redactor(reason)
+            # An exception that quotes the key is not chained: tracebacks would print it.
+            raise PlanningError(safe) from (exc if safe == reason else None)
         if not isinstance(plan, WorkflowPlan):
             raise PlanningError(f"{type(self.planner).__name__}.plan returned {type(plan).__name__}, "
                                 "not a WorkflowPlan")
@@ -268,19 +272,14 @@ class MetaPlanner:
         # A run id of its own: the state given is all this checkpoint holds. Reusing the
         # original run's id would let that run's journal (a crashed run's, say) be replayed
         # on top of it at the next resume.
-        state = RunState(plan, _new_run_id(), dict(metadata or {}))
-        state.usage = execution_state.usage
-        for result in execution_state.node_results.values():
-            if result.status == NodeStatus.COMPLETED:
-                state.restore(as_record(result), count_usage=False)
-        async with self._locked(plan_id):
-            recorder = RunRecorder(self.persistence_manager, state, durability="interval", interval=None)
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(recorder.run)
-                try:
-                    checkpoint_id = await recorder.checkpoint("manual")
-                finally:
-                    recorder.close()
+        completed = [as_record(r) for r in execution_state.node_results.values()
+                     if r.status == NodeStatus.COMPLETED]
+        state = RunState.restored(plan, _new_run_id(), dict(metadata or {}), usage=execution_state.usage,
+                                  results=completed)
+        async with self._locked(plan_id), open_recorder(
+            self.persistence_manager, state, durability="interval", interval=None
+        ) as recorder:
+            checkpoint_id = await recorder.checkpoint("manual")
         assert checkpoint_id is not None
         return checkpoint_id
 
@@ -317,14 +316,11 @@ class MetaPlanner:
         if done and not restored.journal_records:
             return _stored_result(checkpoint)
         check_handlers(checkpoint.workflow_plan.nodes, self.handlers)
-        state = RunState(checkpoint.workflow_plan, _new_run_id(),
-                         {**checkpoint.metadata, **(metadata or {})})
-        state.usage = checkpoint.usage
-        for result in checkpoint.node_results.values():
-            if result["status"] == NodeStatus.COMPLETED:
-                state.restore(result, count_usage=False)
-        for record in restored.journal_records:
-            state.restore(record, count_usage=True)
+        completed = [r for r in checkpoint.node_results.values() if r["status"] == NodeStatus.COMPLETED]
+        state = RunState.restored(
+            checkpoint.workflow_plan, _new_run_id(), {**checkpoint.metadata, **(metadata or {})},
+            usage=checkpoint.usage, results=completed, journal=restored.journal_records,
+        )
         return await self._run(state, checkpoint.checkpoint_id, from_latest=from_latest)
 
     async def _run(
@@ -341,88 +337,22 @@ class MetaPlanner:
         self, state: RunState, resumed_from: str | None, handlers: Mapping[str, Handler],
         from_latest: bool = True,
     ) -> ExecutionResult:
-        started = time.monotonic()
-        restored = sum(1 for node_id in state.records if state.is_completed(node_id))
-        bus = EventBus(self.progress_callback, list(self._subscribers))
-        emit = bus.emit if bus.active else None
-        scheduler: Scheduler | None = None
-
-        def on_checkpoint(checkpoint_id: str, reason: str) -> None:
-            if emit is not None and scheduler is not None:
-                emit(scheduler.event(CheckpointWritten, checkpoint_id=checkpoint_id, reason=reason))
-
-        recorder = RunRecorder(
-            self.persistence_manager if self.durability != "none" else None, state,
-            durability=self.durability, interval=self.checkpoint_interval,
-            on_checkpoint=on_checkpoint,
-            # The journal of a run resumed from the latest checkpoint names that checkpoint
-            # until the run's own first snapshot is durable (see `_drive`).
-            resumed_from=resumed_from if from_latest else None,
+        run = Run(
+            state, handlers, self._settings(), self.persistence_manager, resumed_from=resumed_from,
+            from_latest=from_latest, callback=self.progress_callback,
+            subscribers=list(self._subscribers), offline=self._ran_offline(state.plan),
         )
-        scheduler = Scheduler(state, handlers, recorder, max_concurrency=self.max_concurrency,
-                              retry=self.retry, node_timeout=self.node_timeout,
-                              fail_fast=self.fail_fast, emit=emit, started=started)
-        if emit is not None:
-            emit(scheduler.event(PlanCreated, planner=state.plan.planner,
-                                 resumed_from=resumed_from, offline=self._ran_offline(state.plan)))
-        status: RunStatus = "failed"
-        try:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(recorder.run, name="vibe_planner checkpoint writer")
-                tg.start_soon(bus.deliver, name="vibe_planner progress callback")
-                try:
-                    status = await self._drive(recorder, scheduler, resumed_from, from_latest)
-                except Exception:
-                    raise  # an error of ours: the run failed
-                except BaseException:
-                    status = "cancelled"  # cancelled, or interrupted by a handler's BaseException
-                    raise
-                finally:
-                    recorder.close()
-                    if emit is not None:
-                        emit(scheduler.event(RunFinished, status=status,
-                                             duration=time.monotonic() - started))
-                    bus.close()
-        except BaseExceptionGroup as group:
-            raise _unwrap(group) from None
-        offline = self._ran_offline(state.plan)
-        if offline:
+        result = await run.execute()
+        if result.offline:
             logger.info("plan %s ran offline (no LLM configured)", state.plan.plan_id)
-        return ExecutionResult(
-            plan_id=state.plan.plan_id, run_id=state.run_id, status=status, plan=state.plan,
-            node_results=await state.node_results(),
-            outputs={k: state.outputs[k] for k in state.plan.sinks() if state.is_completed(k)},
-            resumed_from=resumed_from, checkpoints_written=recorder.written,
-            nodes_run=scheduler.nodes_run, nodes_restored=restored,
-            duration_seconds=time.monotonic() - started, usage=state.usage, offline=offline,
-        )
+        return result
 
-    async def _drive(
-        self, recorder: RunRecorder, scheduler: Scheduler, resumed_from: str | None, from_latest: bool
-    ) -> Any:
-        if resumed_from is None:
-            # Durable before any node runs, so that a resume never has to plan again.
-            await recorder.checkpoint("planned")
-        elif from_latest:
-            # Not awaited: nodes start at once. Until this snapshot is durable, the checkpoint
-            # resumed from stays the latest, and this run's journal starts with a header naming
-            # it, so a resume after a crash in that window replays the journal all the same.
-            recorder.request("resumed")
-        else:
-            # Resumed from an older checkpoint than the latest: until this snapshot is durable
-            # a crash would resume from the latest, whose branch this run's journal is not on.
-            await recorder.checkpoint("resumed")
-        try:
-            status = await scheduler.run()
-        except BaseException:
-            # Cancelled, or a handler raised a BaseException (KeyboardInterrupt, SystemExit, one
-            # of its own): either way the run stops here, and says so on disk before it goes.
-            with anyio.CancelScope(shield=True):
-                scheduler.mark_cancelled()
-                await recorder.checkpoint("cancelled")
-            raise
-        await recorder.checkpoint("final")
-        return status
+    def _settings(self) -> RunSettings:
+        return RunSettings(
+            checkpoint_interval=self.checkpoint_interval, durability=self.durability,
+            max_concurrency=self.max_concurrency, retry=self.retry, node_timeout=self.node_timeout,
+            fail_fast=self.fail_fast, redactor=self._redactor,
+        )
 
 
 class _PlanLockContext:
@@ -482,20 +412,3 @@ def _stored_result(checkpoint: ResumePoint) -> ExecutionResult:
         nodes_restored=len(checkpoint.completed_nodes), usage=checkpoint.usage,
         offline=plan.planner == OfflinePlanner.name,
     )
-
-
-def _unwrap(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """Return the one meaningful error of a task group's exception group."""
-    cancelled = anyio.get_cancelled_exc_class()
-    leaves: list[BaseException] = []
-    stack: list[BaseException] = [group]
-    while stack:
-        exc = stack.pop()
-        if isinstance(exc, BaseExceptionGroup):
-            stack.extend(exc.exceptions)
-        elif not isinstance(exc, cancelled) and all(exc is not seen for seen in leaves):
-            leaves.append(exc)
-    if len(leaves) == 1:
-        return leaves[0]
-    return group
-

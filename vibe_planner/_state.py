@@ -9,7 +9,7 @@ and encoding that copy in a worker thread needs no lock and re-encodes no output
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -82,6 +82,23 @@ class RunState:
         # Encoded by the writer thread on the first snapshot: never on the event loop.
         self._plan_json: orjson.Fragment | None = None
         self._vibe_json: orjson.Fragment | None = None
+
+    @classmethod
+    def restored(
+        cls, plan: WorkflowPlan, run_id: str, metadata: dict[str, Any], *, usage: TokenUsage,
+        results: Iterable[ResultRecord], journal: Iterable[ResultRecord] = (),
+    ) -> RunState:
+        """Return the state of a new run that continues from completed *results*.
+
+        *usage* already counts *results*; records of *journal* (written after them) add theirs.
+        """
+        state = cls(plan, run_id, metadata)
+        state.usage = usage
+        for result in results:
+            state.restore(result, count_usage=False)
+        for record in journal:
+            state.restore(record, count_usage=True)
+        return state
 
     # -- building records -------------------------------------------------------------
     def complete(

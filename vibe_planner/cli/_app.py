@@ -7,7 +7,8 @@ Exit codes (see ``docs/cli.md``):
 1     the run ended with failed nodes; or any other error (`PlanningError`, disk errors, ...)
 2     usage: bad arguments, `InvalidVibeError`, `InvalidIdentifierError`,
       `PlanValidationError`, `CheckpointNotFoundError`, `CheckpointMismatchError`
-3     a damaged checkpoint or journal file (`CheckpointCorruptError`, ``checkpoints verify``)
+3     a damaged checkpoint or journal file (`CheckpointCorruptError`, ``checkpoints verify``),
+      or an unsafe one (`UnsafeCheckpointFolderError`: another user's, or group/other-writable)
 4     another process is running the plan (`PlanLockedError`)
 130   interrupted (Ctrl-C); ``run``/``resume`` first write a ``cancelled`` checkpoint
 ====  =========================================================================================
@@ -34,6 +35,7 @@ from vibe_planner import (
     InvalidVibeError,
     PlanLockedError,
     PlanValidationError,
+    UnsafeCheckpointFolderError,
     VibePlannerError,
 )
 
@@ -77,7 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def exit_code(exc: BaseException) -> int:
     """Return the exit code for an error that ended a command."""
-    if isinstance(exc, CheckpointCorruptError):
+    if isinstance(exc, CheckpointCorruptError | UnsafeCheckpointFolderError):
         return EXIT_CORRUPT
     if isinstance(exc, PlanLockedError):
         return EXIT_LOCKED

@@ -22,7 +22,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 import anyio.lowlevel
@@ -36,16 +36,34 @@ from .._events import (
     ProgressEvent,
 )
 from .._exceptions import PlanValidationError
-from .._models import NodeStatus, RunStatus, WorkflowNode
+from .._models import CheckpointReason, NodeStatus, RunStatus, WorkflowNode
+from .._redact import Redactor
 from .._state import Record, RunState, utcnow
-from ..persistence._recorder import RunRecorder
 from ._context import Handler, NodeContext, RetryPolicy
 
-__all__ = ["Scheduler"]
+__all__ = ["Recorder", "Scheduler"]
 
 Emit = Callable[[ProgressEvent], None]
 _STREAK = 32
 """Nodes a worker runs before yielding to the event loop (about a millisecond of no-op nodes)."""
+
+
+class Recorder(Protocol):
+    """What the scheduler tells the run's checkpoint writer (`RunRecorder` is one)."""
+
+    def node_finished(self, record: Record) -> None:
+        """Note a node that completed or failed (synchronous, never waits)."""
+
+    def request(self, reason: CheckpointReason) -> int:
+        """Ask for a snapshot without waiting."""
+
+
+class _NoRecorder:
+    def node_finished(self, record: Record) -> None:
+        pass
+
+    def request(self, reason: CheckpointReason) -> int:
+        return 0
 
 
 class Scheduler:
@@ -55,7 +73,6 @@ class Scheduler:
         self,
         state: RunState,
         handlers: Mapping[str, Handler],
-        recorder: RunRecorder,
         *,
         max_concurrency: int,
         retry: RetryPolicy,
@@ -63,15 +80,17 @@ class Scheduler:
         fail_fast: bool,
         emit: Emit | None = None,
         started: float | None = None,
+        redact: Callable[[str], str] | None = None,
     ) -> None:
         self._state = state
         self._handlers = handlers
-        self._recorder = recorder
+        self._recorder: Recorder = _NoRecorder()
         self._max = max_concurrency
         self._retry = retry
         self._timeout = node_timeout
         self._fail_fast = fail_fast
         self._emit = emit
+        self._redact = Redactor() if redact is None else redact  # secrets out of error texts
         self._t0 = time.monotonic() if started is None else started
         self._plan_id, self._vibe = state.plan.plan_id, state.plan.vibe
         self._nodes = {node.id: node for node in state.plan.nodes}
@@ -92,8 +111,9 @@ class Scheduler:
         self.nodes_run = 0
         check_handlers(state.plan.nodes, handlers)
 
-    async def run(self) -> RunStatus:
-        """Run every node not completed yet; return ``completed`` or ``failed``."""
+    async def run(self, recorder: Recorder) -> RunStatus:
+        """Run every node not completed yet, telling *recorder*; return ``completed`` or ``failed``."""
+        self._recorder = recorder
         self._count_dependencies()
         if self._waiting:
             async with anyio.create_task_group() as tg:
@@ -245,7 +265,7 @@ class Scheduler:
             delay = self._retry.delay(attempt, retry_after=getattr(exc, "retry_after", None))
             if self._emit is not None:
                 self._emit(self.event(NodeRetrying, node_id=node.id, attempt=attempt, delay=delay,
-                                      error=_describe(exc)))
+                                      error=self._redact(_describe(exc))))
             await anyio.sleep(delay)
         raise AssertionError("unreachable: the last attempt returns")  # pragma: no cover
 
@@ -281,7 +301,7 @@ class Scheduler:
     ) -> Record:
         error = {
             "type": type(exc).__name__,
-            "message": _describe(exc)[:4000],
+            "message": self._redact(_describe(exc))[:4000],
             "retryable": bool(getattr(exc, "retryable", True)),
         }
         record = self._state.finish_unsuccessfully(

@@ -18,7 +18,8 @@ class LLMConfig(BaseModel):
 
     Works with any OpenAI-compatible endpoint (OpenAI, vLLM, Ollama, llama.cpp server, a
     LiteLLM proxy) through the official ``openai`` SDK. The API key is a `SecretStr`: it never
-    appears in reprs, logs, errors or checkpoints.
+    appears in reprs, logs, errors or checkpoints, and a server that echoes it back has it
+    redacted from everything it says (see `vibe_planner._redact` for what is caught).
 
     Example:
         >>> config = LLMConfig(model="llama3.1", base_url="http://localhost:11434/v1", api_key="ollama")

@@ -8,6 +8,10 @@ count, pace and classify:
   other request of the session until that time (no 429 storm);
 - permanent (400, 401, 403, 404, 422): raised at once as `LLMRequestError` with
   ``retryable=False`` so the node fails without burning attempts.
+
+Everything the server says passes through the session's `Redactor` before it is handed on
+(error messages, reply texts): gateways that echo the API key ("Incorrect API key provided:
+sk-...") must not put it into our exceptions, logs, node errors and checkpoints.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import anyio
 
 from .._exceptions import NodeError
 from .._models import TokenUsage
+from .._redact import Redactor
 from ._config import LLMConfig
 
 if TYPE_CHECKING:
@@ -88,6 +93,8 @@ class LLMSession:
         self._client: openai.AsyncOpenAI | None = None
         self._limiter = anyio.CapacityLimiter(config.max_concurrency)
         self._rate = rate_limiter or RateLimiter(config.requests_per_minute)
+        self.redact = Redactor([config.api_key])
+        """Takes the API key out of server text; apply it to any server text kept or logged."""
         self.requests = 0
         """HTTP requests sent (retries included)."""
 
@@ -144,8 +151,12 @@ class LLMSession:
                 completion = await self._client.chat.completions.create(
                     model=self.config.model, messages=cast(Any, messages), **extra)
             except openai.APIError as exc:
-                raise self._classify(exc) from None
-        return _reply_of(completion)
+                error = self._classify(exc)
+            else:
+                return _reply_of(completion, self.redact)
+        # Raised outside the except block: the SDK's error, whose message and body may echo
+        # the key, must not ride along as __context__ into tracebacks.
+        raise error
 
     def _classify(self, exc: openai.APIError) -> LLMRequestError:
         import openai
@@ -154,8 +165,8 @@ class LLMSession:
             return LLMRequestError(f"LLM request timed out after {self.config.timeout}s",
                                    status_code=None, retryable=True, retry_after=None)
         if isinstance(exc, openai.APIConnectionError):
-            return LLMRequestError(f"LLM connection failed: {exc.message}", status_code=None,
-                                   retryable=True, retry_after=None)
+            return LLMRequestError(self.redact(f"LLM connection failed: {exc.message}"),
+                                   status_code=None, retryable=True, retry_after=None)
         if isinstance(exc, openai.APIStatusError):
             status = exc.status_code
             retry_after = _retry_after(exc.response.headers)
@@ -163,9 +174,9 @@ class LLMSession:
                 # Everyone waits: the limit is the endpoint's, not this request's.
                 self._rate.paused_until = max(self._rate.paused_until, time.monotonic() + retry_after)
             transient = status in _TRANSIENT_STATUS or status >= 500
-            return LLMRequestError(f"LLM endpoint answered {status}: {_server_message(exc)}",
+            return LLMRequestError(f"LLM endpoint answered {status}: {_server_message(exc, self.redact)}",
                                    status_code=status, retryable=transient, retry_after=retry_after)
-        return LLMRequestError(f"LLM reply unusable: {exc.message}", status_code=None,
+        return LLMRequestError(self.redact(f"LLM reply unusable: {exc.message}"), status_code=None,
                                retryable=True, retry_after=None)
 
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
@@ -174,12 +185,12 @@ class LLMSession:
         return float(max(delay, retry_after or 0.0))
 
 
-def _reply_of(completion: Any) -> ChatReply:
+def _reply_of(completion: Any, redact: Redactor) -> ChatReply:
     choices = getattr(completion, "choices", None) or []
     if not choices or choices[0].message is None:
         raise LLMRequestError("LLM reply has no choices", status_code=None, retryable=True,
                               retry_after=None)
-    text = choices[0].message.content or ""
+    text = redact(choices[0].message.content or "")
     usage = getattr(completion, "usage", None)
     tokens = TokenUsage(
         prompt_tokens=getattr(usage, "prompt_tokens", 0) or 0,
@@ -207,10 +218,12 @@ def _retry_after(headers: Any) -> float | None:
         return max(0.0, parsed.timestamp() - time.time()) if parsed else None
 
 
-def _server_message(exc: openai.APIStatusError) -> str:
-    body = exc.body
+def _server_message(exc: openai.APIStatusError, redact: Redactor) -> str:
+    """Return what the server said went wrong, without secrets, in at most 500 characters."""
+    body = exc.body  # the SDK has unwrapped {"error": ...} already
+    message: object = None
     if isinstance(body, dict):
-        message = body.get("message") or (body.get("error") or {}).get("message")
-        if message:
-            return str(message)[:500]
-    return str(exc.message)[:500]
+        error = body.get("error")  # proxies that nest it once more, as a dict or a string
+        message = body.get("message") or (error.get("message") if isinstance(error, dict) else error)
+    # Redacted before it is cut: a cut through an echoed key would leave an unrecognised part.
+    return redact(str(message or exc.message)[:4000])[:500]

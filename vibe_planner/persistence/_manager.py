@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import secrets
 import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,10 +24,18 @@ from .._exceptions import (
     CheckpointError,
     CheckpointNotFoundError,
     PlanLockedError,
+    UnsafeCheckpointFolderError,
 )
 from .._ids import check_checkpoint_id, check_plan_id, checkpoint_sequence
 from .._models import Checkpoint, CheckpointInfo, ResultRecord, ResumePoint
-from ._codec import decode_checkpoint, decode_journal, decode_resume_point, first_error, peek_summary
+from ._codec import (
+    JournalRead,
+    decode_checkpoint,
+    decode_journal,
+    decode_resume_point,
+    first_error,
+    peek_summary,
+)
 from ._lock import PlanLock
 from ._store import CheckpointStore, FileCheckpointStore
 
@@ -40,6 +49,36 @@ def journal_name(run_id: str) -> str:
 
 _Document = TypeVar("_Document", Checkpoint, ResumePoint)
 _RECORD = pydantic.TypeAdapter(ResultRecord)
+
+
+class _RunIds:
+    """Checkpoint id → run id for the most recently seen checkpoints (thread-safe, bounded)."""
+
+    def __init__(self, capacity: int = 4096) -> None:
+        self._capacity = capacity
+        self._ids: OrderedDict[str, str] = OrderedDict()
+        self._mutex = threading.Lock()
+
+    def __contains__(self, checkpoint_id: object) -> bool:
+        return checkpoint_id in self._ids
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def __setitem__(self, checkpoint_id: str, run_id: str) -> None:
+        with self._mutex:
+            self._ids[checkpoint_id] = run_id
+            self._ids.move_to_end(checkpoint_id)
+            while len(self._ids) > self._capacity:
+                self._ids.popitem(last=False)
+
+    def get(self, checkpoint_id: str) -> str | None:
+        with self._mutex:
+            return self._ids.get(checkpoint_id)
+
+    def pop(self, checkpoint_id: str, default: None = None) -> str | None:
+        with self._mutex:
+            return self._ids.pop(checkpoint_id, default)
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +118,9 @@ class WorkflowPersistenceManager:
         self.keep_last = keep_last
         self._mutex = threading.Lock()
         self._next_sequence: dict[str, int] = {}
-        self._run_of: dict[str, str] = {}
+        # Run ids of checkpoints seen lately (retention needs them): a bounded cache, not a
+        # record of every checkpoint this manager ever touched.
+        self._run_of = _RunIds()
         self._locks: dict[str, PlanLock] = {}
 
     def __repr__(self) -> str:
@@ -89,7 +130,14 @@ class WorkflowPersistenceManager:
     async def list_checkpoints(self, plan_id: str | None = None) -> list[CheckpointInfo]:
         """Return summaries of the checkpoints of one plan (or all plans), newest first.
 
-        Damaged files are listed too, with `CheckpointInfo.error` saying what is wrong.
+        "Newest" follows the sequence numbers, never the clocks: a plan's checkpoints come in
+        descending `CheckpointInfo.sequence`, so the first one is what `latest` returns even if
+        the wall clock stepped back between runs. With all plans, each plan's checkpoints stay
+        together, and plans come most recently active first (the latest ``created_at`` among
+        their checkpoints; plans whose files are all unreadable last; ties by plan id).
+
+        Damaged files are listed too, with `CheckpointInfo.error` saying what is wrong (as are
+        files in an unsafe folder, see `UnsafeCheckpointFolderError`).
         """
         if plan_id is not None:
             check_plan_id(plan_id)
@@ -271,30 +319,42 @@ class WorkflowPersistenceManager:
         return Restored(checkpoint, records, problem)
 
     def _journal_after(self, checkpoint: Checkpoint | ResumePoint) -> tuple[list[ResultRecord], str | None]:
-        name = journal_name(checkpoint.run_id)
-        try:
-            raw = self.store.read(checkpoint.plan_id, name)
-        except CheckpointNotFoundError:
-            return [], None
-        journal = decode_journal(raw)
-        path = self.store.location(checkpoint.plan_id, name)
+        """Return the journal records that postdate *checkpoint*, and why any were ignored.
+
+        Those are the records of the checkpoint's own run, then those of every run resumed
+        from it that crashed before its own first snapshot was durable (their journals start
+        with a header naming *checkpoint*). Runs are taken in name order; a node recorded by
+        several is taken from the first.
+        """
+        plan_id, run_id = checkpoint.plan_id, checkpoint.run_id
+        own = journal_name(run_id)
         known = {node.id for node in checkpoint.workflow_plan.nodes}
-        completed = set(checkpoint.completed_nodes)
-        records = []
-        for entry in journal.records:
-            record = entry.get("result")
-            if entry.get("run") != checkpoint.run_id or not isinstance(record, dict):
-                raise CheckpointCorruptError(path, "journal record of another run or without result")
-            node_id = record.get("node_id")
-            if node_id not in known or record.get("status") != "completed":
-                raise CheckpointCorruptError(path, f"journal record for unknown node {node_id!r}")
-            if node_id not in completed:
-                try:
-                    records.append(_RECORD.validate_python(record))
-                except pydantic.ValidationError as exc:
-                    where = f"journal record of node {node_id!r}"
-                    raise CheckpointCorruptError(path, f"{where}: {first_error(exc)}") from None
-        return records, journal.problem
+        seen = set(checkpoint.completed_nodes)
+        records: list[ResultRecord] = []
+        problems: list[str] = []
+        others = sorted(n for n in self.store.list_names(plan_id, "journal-") if n != own)
+        for name in [own, *others]:
+            journal = self._read_journal(plan_id, name)
+            if journal is None:
+                continue
+            journal_run = name.removeprefix("journal-").removesuffix(".jsonl")
+            if name != own and not _continues(journal, journal_run, checkpoint.checkpoint_id):
+                continue
+            path = self.store.location(plan_id, name)
+            for record in _journal_records(journal, journal_run, known, path):
+                if record["node_id"] not in seen:
+                    seen.add(record["node_id"])
+                    records.append(record)
+            if journal.problem is not None:
+                problems.append(journal.problem if name == own else f"{name}: {journal.problem}")
+        return records, "; ".join(problems) or None
+
+    def _read_journal(self, plan_id: str, name: str) -> JournalRead | None:
+        try:
+            raw = self.store.read(plan_id, name)
+        except CheckpointNotFoundError:
+            return None
+        return decode_journal(raw)
 
     def _info(self, plan_id: str, checkpoint_id: str) -> CheckpointInfo | None:
         """Summarise a checkpoint; ``None`` if it was deleted since it was listed."""
@@ -308,7 +368,7 @@ class WorkflowPersistenceManager:
             summary = peek_summary(self.store.read(plan_id, name), path)
         except CheckpointNotFoundError:
             return None
-        except CheckpointCorruptError as exc:
+        except (CheckpointCorruptError, UnsafeCheckpointFolderError) as exc:
             return CheckpointInfo(**base, created_at=None, reason=None, completed_nodes=0,
                                   total_nodes=0, error=exc.reason)
         self._run_of[checkpoint_id] = summary["run_id"]
@@ -318,10 +378,22 @@ class WorkflowPersistenceManager:
 
     def _list_sync(self, plan_id: str | None) -> list[CheckpointInfo]:
         plans = [plan_id] if plan_id is not None else self.store.list_plans()
-        infos = [i for p in plans for cp in self.store.list_checkpoints(p)
-                 if (i := self._info(p, cp)) is not None]
-        infos.sort(key=lambda i: (i.created_at is not None, i.created_at, i.sequence), reverse=True)
-        return infos
+        groups = []
+        for plan in plans:
+            infos = [i for cp in self.store.list_checkpoints(plan)
+                     if (i := self._info(plan, cp)) is not None]
+            if infos:
+                infos.sort(key=lambda i: i.sequence, reverse=True)
+                groups.append(infos)
+        groups.sort(key=self._plan_order)
+        return [info for group in groups for info in group]
+
+    @staticmethod
+    def _plan_order(infos: list[CheckpointInfo]) -> tuple[bool, float, str]:
+        """Sort key putting the most recently active plan first (see `list_checkpoints`)."""
+        # Wall-clock times only order plans against each other: they share no sequence.
+        times = [i.created_at.timestamp() for i in infos if i.created_at is not None]
+        return not times, -max(times, default=0.0), infos[0].plan_id
 
     def _prune_sync(self, plan_id: str, keep_last: int) -> list[str]:
         ids = self._sorted_ids(plan_id)
@@ -337,10 +409,22 @@ class WorkflowPersistenceManager:
             if run_id is None:
                 return doomed  # an unreadable kept checkpoint: keep every journal to be safe
             live_runs.add(run_id)
+        kept_ids = set(kept)
         for name in self.store.list_names(plan_id, "journal-"):
-            if name.removeprefix("journal-").removesuffix(".jsonl") not in live_runs:
+            run_id = name.removeprefix("journal-").removesuffix(".jsonl")
+            if run_id not in live_runs and not self._continues_kept(plan_id, name, run_id, kept_ids):
                 self.store.delete(plan_id, name)
         return doomed
+
+    def _continues_kept(self, plan_id: str, name: str, run_id: str, kept: set[str]) -> bool:
+        """Whether a journal continues a kept checkpoint (a resumed run not snapshotted yet)."""
+        try:
+            journal = self._read_journal(plan_id, name)
+        except CheckpointCorruptError:
+            return True  # unreadable: keep it to be safe
+        if journal is None or journal.header is None:
+            return False
+        return any(_continues(journal, run_id, checkpoint_id) for checkpoint_id in kept)
 
     def _verify_sync(self, plan_id: str | None) -> list[CheckpointCorruptError]:
         problems: list[CheckpointCorruptError] = []
@@ -364,3 +448,29 @@ class WorkflowPersistenceManager:
                     path = self.store.location(plan, name)
                     problems.append(CheckpointCorruptError(path, journal.problem))
         return problems
+
+
+def _continues(journal: JournalRead, run_id: str, checkpoint_id: str) -> bool:
+    """Whether *journal* (of run *run_id*) says it continues the checkpoint *checkpoint_id*."""
+    header = journal.header
+    return header is not None and header.get("run") == run_id and header.get("resumed_from") == checkpoint_id
+
+
+def _journal_records(
+    journal: JournalRead, run_id: str, known: set[str], path: Path
+) -> list[ResultRecord]:
+    """Validate the result records of a journal of run *run_id* (`CheckpointCorruptError` if bad)."""
+    records = []
+    for entry in journal.records:
+        record = entry.get("result")
+        if entry.get("run") != run_id or not isinstance(record, dict):
+            raise CheckpointCorruptError(path, "journal record of another run or without result")
+        node_id = record.get("node_id")
+        if node_id not in known or record.get("status") != "completed":
+            raise CheckpointCorruptError(path, f"journal record for unknown node {node_id!r}")
+        try:
+            records.append(_RECORD.validate_python(record))
+        except pydantic.ValidationError as exc:
+            where = f"journal record of node {node_id!r}"
+            raise CheckpointCorruptError(path, f"{where}: {first_error(exc)}") from None
+    return records

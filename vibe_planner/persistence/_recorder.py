@@ -9,12 +9,18 @@ busy, one snapshot of the newest state is written, under the most important reas
 Invariant: a snapshot's state is captured on the event loop right after the batch's journal
 records are taken, so it contains every record written to the journal so far, and the journal
 can be emptied once the snapshot is durable.
+
+Lifecycle: ``async with open_recorder(...) as recorder`` starts the writer and, on the way out,
+lets it write what is queued and waits for it (a cancelled run still gets its last snapshot).
+The writer never raises: a failed write is kept as `RunRecorder.failure`, cancels the scopes
+opened with `RunRecorder.cancelled_on_failure` and is raised to whoever waits for a write.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Literal
 
 import anyio
@@ -27,7 +33,7 @@ from .._state import Capture, Record, RunState
 from ._codec import encode_checkpoint, encode_journal, journal_entries
 from ._manager import WorkflowPersistenceManager, journal_name
 
-__all__ = ["Durability", "RunRecorder"]
+__all__ = ["Durability", "RunRecorder", "open_recorder"]
 
 Durability = Literal["journal", "interval", "none"]
 """How much a crash may lose.
@@ -75,7 +81,9 @@ class RunRecorder:
         self._progress = anyio.Event()
         self._closing = False
         self._ended = False
-        self._failure: BaseException | None = None
+        self.failure: BaseException | None = None
+        """Why the writer stopped, if a write failed."""
+        self._failure_scopes: list[anyio.CancelScope] = []
         self.written: list[str] = []
         """Ids of the checkpoints written, oldest first."""
 
@@ -106,22 +114,39 @@ class RunRecorder:
         """Write a snapshot of the current state and wait until it is durable; return its id."""
         if not self.enabled:
             return None
+        if self.failure is not None:
+            raise self.failure
         if self._ended:
             raise RuntimeError("the checkpoint writer of this run has already ended")
         generation = self.request(reason)
         while self._written < generation:
-            if self._failure is not None:
-                raise self._failure
+            if self.failure is not None:
+                raise self.failure
             await self._progress.wait()
         return self.written[-1]
 
-    def close(self) -> None:
-        """Let the writer loop finish what is queued and end."""
+    @contextlib.contextmanager
+    def cancelled_on_failure(self) -> Iterator[None]:
+        """Run the block in a scope that a failed write cancels (`failure` then says why)."""
+        with anyio.CancelScope() as scope:
+            self._failure_scopes.append(scope)
+            try:
+                yield
+            finally:
+                self._failure_scopes.remove(scope)
+
+    def raise_failure(self) -> None:
+        """Raise the writer's failure, if a write failed."""
+        if self.failure is not None:
+            raise self.failure
+
+    def _close(self) -> None:
+        """Let the writer finish what is queued and end."""
         self._closing = True
         self._wake.set()
 
     # -- the writer loop ----------------------------------------------------------------------
-    async def run(self) -> None:
+    async def _write_until_closed(self) -> None:
         """Write batches until closed. Shielded: a cancelled run still gets its last writes."""
         with anyio.CancelScope(shield=True):
             # One turn of the loop first: nodes ready at the start (a resume's, say) complete
@@ -133,6 +158,9 @@ class RunRecorder:
                 # the wait (`close` included: it is looked at on every pass, not only when a
                 # wake-up finds no work).
                 self._wake = anyio.Event()
+                if self.failure is not None:
+                    self._ended = True
+                    return
                 if self._records or self._reason is not None:
                     await self._write_batch()
                 elif self._closing:
@@ -148,10 +176,12 @@ class RunRecorder:
         capture = self._state.capture() if reason is not None else None
         try:
             checkpoint_id = await anyio.to_thread.run_sync(self._commit, records, capture, reason)
-        except BaseException as exc:
-            self._failure = exc
+        except Exception as exc:
+            self.failure = exc
+            for scope in self._failure_scopes:
+                scope.cancel()
             self._notify()
-            raise
+            return
         if checkpoint_id is not None and reason is not None:
             self.written.append(checkpoint_id)
             self._written = target
@@ -201,3 +231,27 @@ class RunRecorder:
         if self._journal_on:
             store.truncate(plan_id, journal)
         return checkpoint_id
+
+
+@contextlib.asynccontextmanager
+async def open_recorder(
+    manager: WorkflowPersistenceManager | None,
+    state: RunState,
+    *,
+    durability: Durability,
+    interval: int | None,
+    on_checkpoint: Callable[[str, str], None] | None = None,
+    resumed_from: str | None = None,
+) -> AsyncIterator[RunRecorder]:
+    """Start a run's writer; on the way out, let it write what is queued and wait for it."""
+    recorder = RunRecorder(manager, state, durability=durability, interval=interval,
+                           on_checkpoint=on_checkpoint, resumed_from=resumed_from)
+    if not recorder.enabled:
+        yield recorder
+        return
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(recorder._write_until_closed, name="vibe_planner checkpoint writer")
+        try:
+            yield recorder
+        finally:
+            recorder._close()

@@ -9,6 +9,13 @@ The file layout is::
     <root>/<plan_id>/cp-<sequence>-<suffix>.json     a snapshot (checkpoint document)
     <root>/<plan_id>/journal-<run_id>.jsonl         completions since the run's last snapshot
     <root>/<plan_id>/.lock                          held (flock) by the process running the plan
+    <root>/.<plan_id>.deleting-<hex>/               a plan folder being deleted (a tombstone)
+
+Files are created 0600 and folders 0700 whatever the umask (modes are set after creation).
+Like ssh with its keys, the store refuses (`UnsafeCheckpointFolderError`) to run a plan or
+read a checkpoint when the root, the plan folder or a file in it belongs to another user
+(root excepted) or is writable by group or others: whoever can write there can plant the
+state a resume would trust.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import secrets
 import stat
 from abc import ABC, abstractmethod
@@ -25,6 +33,7 @@ from .._exceptions import (
     CheckpointCorruptError,
     CheckpointNotFoundError,
     CheckpointWriteError,
+    UnsafeCheckpointFolderError,
 )
 from .._ids import CHECKPOINT_ID, check_plan_id
 from ._lock import PlanLock
@@ -38,6 +47,9 @@ _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 # O_NONBLOCK: opening a FIFO planted where a file should be must fail fast, not hang; it has no
 # effect on regular files, and anything that is not one is refused right after opening.
 _NONBLOCK = getattr(os, "O_NONBLOCK", 0)
+# A deleted plan's folder is first renamed to this (not a valid plan id, so never listed).
+_DELETING = ".deleting-"
+_TOMBSTONE_SUFFIX = re.compile(r"[0-9a-f]{12}")
 
 
 class CheckpointStore(ABC):
@@ -61,7 +73,10 @@ class CheckpointStore(ABC):
 
     @abstractmethod
     def read(self, plan_id: str, name: str) -> bytes:
-        """Return a file's bytes; `CheckpointNotFoundError` if absent."""
+        """Return a file's bytes; `CheckpointNotFoundError` if absent.
+
+        Raises `UnsafeCheckpointFolderError` if someone else could have written the file.
+        """
 
     @abstractmethod
     def size(self, plan_id: str, name: str) -> int:
@@ -89,11 +104,17 @@ class CheckpointStore(ABC):
 
     @abstractmethod
     def delete_plan(self, plan_id: str) -> None:
-        """Delete a plan's folder and everything in it."""
+        """Delete a plan's folder and everything in it; the caller holds the plan's lock.
+
+        A run starting meanwhile must find either the whole folder or none of it.
+        """
 
     @abstractmethod
     def lock(self, plan_id: str) -> PlanLock:
-        """Take the plan's run lock without waiting, or raise `PlanLockedError`."""
+        """Take the plan's run lock without waiting, or raise `PlanLockedError`.
+
+        Raises `UnsafeCheckpointFolderError` if someone else could have written the plan.
+        """
 
 
 class FileCheckpointStore(CheckpointStore):
@@ -137,11 +158,13 @@ class FileCheckpointStore(CheckpointStore):
         except OSError as exc:
             raise CheckpointCorruptError(path, _describe_open_error(path, exc)) from None
         try:
-            mode = os.fstat(fd).st_mode
-            if stat.S_ISDIR(mode):
+            info = os.fstat(fd)
+            if stat.S_ISDIR(info.st_mode):
                 raise CheckpointCorruptError(path, "is a directory, not a file")
-            if not stat.S_ISREG(mode):
+            if not stat.S_ISREG(info.st_mode):
                 raise CheckpointCorruptError(path, "not a regular file")
+            self._refuse_unsafe_folders(plan_id)
+            _refuse_unsafe(path, info, "the file")
         except BaseException:
             os.close(fd)
             raise
@@ -161,6 +184,7 @@ class FileCheckpointStore(CheckpointStore):
         try:
             fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC, _FILE_MODE)
             try:
+                os.fchmod(fd, _FILE_MODE)  # whatever the umask took away
                 _write_all(fd, data)
                 os.fsync(fd)
             finally:
@@ -183,6 +207,8 @@ class FileCheckpointStore(CheckpointStore):
             fd = os.open(path, flags, _FILE_MODE)
             try:
                 _require_regular(fd, path)
+                if created:
+                    os.fchmod(fd, _FILE_MODE)  # whatever the umask took away
                 _write_all(fd, data)
                 os.fdatasync(fd)
             finally:
@@ -220,24 +246,83 @@ class FileCheckpointStore(CheckpointStore):
         _fsync_dir(path.parent)
 
     def delete_plan(self, plan_id: str) -> None:
+        """Delete a plan's folder: rename it to a tombstone at once, then empty and remove that.
+
+        The caller holds the plan's lock. The rename is atomic, so a run starting meanwhile sees
+        either the old folder (and the held lock: `PlanLockedError`) or no folder (and starts a
+        fresh one); nobody ever sees half a folder. Tombstones left by a crash are removed by
+        the next `delete_plan` or `lock`.
+        """
         folder = self._folder(plan_id)
         try:
             names = os.listdir(folder)
         except FileNotFoundError:
-            return
-        for name in names:
-            path = folder / name
-            if os.path.isdir(path) and not os.path.islink(path):
-                raise CheckpointWriteError(path, "unexpected folder inside a plan folder; not deleted")
-        for name in names:
-            os.unlink(folder / name)
-        os.rmdir(folder)
+            names = None
+        except OSError as exc:
+            raise CheckpointWriteError(folder, _os_reason(exc), errno_=exc.errno) from exc
+        if names is not None:
+            for name in names:
+                path = folder / name
+                if os.path.isdir(path) and not os.path.islink(path):
+                    raise CheckpointWriteError(path, "unexpected folder inside a plan folder; not deleted")
+            tombstone = self.root / f".{plan_id}{_DELETING}{secrets.token_hex(6)}"
+            try:
+                os.rename(folder, tombstone)
+            except OSError as exc:
+                raise CheckpointWriteError(folder, _os_reason(exc), errno_=exc.errno) from exc
+            _fsync_dir(self.root)
+            _remove_tombstone(tombstone)
+        self._sweep_tombstones(None)
 
     def lock(self, plan_id: str) -> PlanLock:
-        folder = self._folder(plan_id, create=True)
-        lock = PlanLock.acquire(plan_id, folder / ".lock")
+        folder = self.location(check_plan_id(plan_id))
+        lock = PlanLock.acquire(plan_id, folder / ".lock", prepare=lambda: self._make_folder(plan_id))
+        try:
+            self._refuse_unsafe_folders(plan_id)
+            self._refuse_unsafe_files(folder)
+        except BaseException:
+            lock.release()
+            raise
         self._remove_stale_temps(folder)
+        self._sweep_tombstones(plan_id)
         return lock
+
+    def _refuse_unsafe_folders(self, plan_id: str) -> None:
+        for path, what in ((self.root, "the checkpoint folder"), (self.root / plan_id, "the plan folder")):
+            try:
+                info = os.stat(path)
+            except FileNotFoundError:
+                return
+            except OSError as exc:
+                raise CheckpointCorruptError(path, _os_reason(exc)) from exc
+            _refuse_unsafe(path, info, what)
+
+    def _refuse_unsafe_files(self, folder: Path) -> None:
+        for name in os.listdir(folder):
+            path = folder / name
+            with contextlib.suppress(FileNotFoundError):
+                info = os.lstat(path)
+                if not stat.S_ISLNK(info.st_mode):  # symlinks are never followed; their mode is moot
+                    _refuse_unsafe(path, info, "the file")
+
+    def _make_folder(self, plan_id: str) -> None:
+        self._folder(plan_id, create=True)
+
+    def _sweep_tombstones(self, plan_id: str | None) -> None:
+        """Remove tombstones (of one plan, or all) that a crashed delete left behind."""
+        try:
+            names = os.listdir(self.root)
+        except OSError:
+            return
+        for name in names:
+            head, sep, suffix = name.rpartition(_DELETING)
+            owner = head[1:] if head.startswith(".") and sep else ""
+            if (owner == plan_id if plan_id is not None else _is_plan(owner)) \
+                    and _TOMBSTONE_SUFFIX.fullmatch(suffix):
+                # Nothing writes into a tombstone, so removing one another process is still
+                # removing is harmless: each side ignores what the other already unlinked.
+                with contextlib.suppress(CheckpointWriteError):
+                    _remove_tombstone(self.root / name)
 
     def _remove_stale_temps(self, folder: Path) -> None:
         # Only the lock holder writes, so a temp file seen under the lock is a crashed write.
@@ -269,13 +354,58 @@ def _strip_json(name: str) -> str:
     return name[:-5] if name.endswith(".json") else name
 
 
+def _refuse_unsafe(path: Path, info: os.stat_result, what: str) -> None:
+    """Raise `UnsafeCheckpointFolderError` if someone else could have written *path*."""
+    euid = os.geteuid()
+    if info.st_uid not in (euid, 0):
+        raise UnsafeCheckpointFolderError(
+            path, f"{what} is owned by uid {info.st_uid}, not by this user (uid {euid}) or root")
+    if info.st_mode & 0o022:
+        who = {0o020: "group", 0o002: "others"}.get(info.st_mode & 0o022, "group and others")
+        raise UnsafeCheckpointFolderError(
+            path, f"{what} is writable by {who} (mode {stat.S_IMODE(info.st_mode):04o}); "
+            "run chmod go-w on it if you trust its contents")
+
+
+def _remove_tombstone(tombstone: Path) -> None:
+    try:
+        names = os.listdir(tombstone)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise CheckpointWriteError(tombstone, _os_reason(exc), errno_=exc.errno) from exc
+    for name in names:
+        try:
+            os.unlink(tombstone / name)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise CheckpointWriteError(tombstone / name, _os_reason(exc), errno_=exc.errno) from exc
+    try:
+        os.rmdir(tombstone)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise CheckpointWriteError(tombstone, _os_reason(exc), errno_=exc.errno) from exc
+
+
 def _make_private_dir(path: Path) -> None:
     try:
         os.mkdir(path, _DIR_MODE)
     except FileExistsError:
-        if os.path.islink(path) or not os.path.isdir(path):
+        try:
+            info = os.lstat(path)
+        except FileNotFoundError:
+            return  # renamed away by a delete meanwhile: opening a file in it will say so
+        if not stat.S_ISDIR(info.st_mode):
             raise CheckpointWriteError(path, "exists but is not a plain folder") from None
         return
+    except OSError as exc:
+        raise CheckpointWriteError(path, _os_reason(exc), errno_=exc.errno) from exc
+    try:
+        os.chmod(path, _DIR_MODE)  # whatever the umask took away
+    except FileNotFoundError:
+        return  # renamed away by a delete meanwhile (see above)
     except OSError as exc:
         raise CheckpointWriteError(path, _os_reason(exc), errno_=exc.errno) from exc
     if path.parent.exists():
