@@ -8,6 +8,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
+from .._retry import RetryPolicy
+
 __all__ = ["LLMConfig"]
 
 StructuredOutput = Literal["auto", "json_schema", "json_object", "none"]
@@ -40,10 +42,10 @@ class LLMConfig(BaseModel):
     """Seconds one HTTP request may take (connect, write, read)."""
     max_retries: int = Field(default=4, ge=0, le=20)
     """Retries of a request after a transient failure (429, 5xx, timeout, dropped connection)."""
-    retry_initial_delay: float = Field(default=0.5, ge=0)
+    retry_initial_delay: float = Field(default=0.5, ge=0, allow_inf_nan=False)
     """First backoff delay in seconds (doubles per retry, with jitter; at least Retry-After)."""
-    retry_max_delay: float = Field(default=30.0, ge=0)
-    """Longest backoff delay in seconds."""
+    retry_max_delay: float = Field(default=30.0, ge=0, allow_inf_nan=False)
+    """Longest backoff delay in seconds (a server's ``Retry-After`` is honoured up to ten times it)."""
     requests_per_minute: float | None = Field(default=None, gt=0)
     """Global request rate limit shared by the planner and every node of a run."""
     max_concurrency: int = Field(default=8, ge=1)
@@ -56,6 +58,11 @@ class LLMConfig(BaseModel):
     """How to ask for JSON: ``auto`` tries a JSON schema, then JSON mode, then plain words."""
     temperature: float | None = Field(default=None, ge=0, le=2)
     """Sampling temperature; ``None`` leaves the server's default."""
+
+    def retry_policy(self) -> RetryPolicy:
+        """Return the backoff of this endpoint's request retries as a `RetryPolicy`."""
+        return RetryPolicy(max_attempts=self.max_retries + 1, initial_delay=self.retry_initial_delay,
+                           max_delay=self.retry_max_delay)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> LLMConfig | None:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import email.utils
 import logging
-import random
 import time
 from typing import TYPE_CHECKING, Any, cast
 
@@ -93,6 +92,8 @@ class LLMSession:
         self._client: openai.AsyncOpenAI | None = None
         self._limiter = anyio.CapacityLimiter(config.max_concurrency)
         self._rate = rate_limiter or RateLimiter(config.requests_per_minute)
+        self.retry = config.retry_policy()
+        """The backoff of this session's retries (and the cap of every ``Retry-After``)."""
         self.redact = Redactor([config.api_key])
         """Takes the API key out of server text; apply it to any server text kept or logged."""
         self.requests = 0
@@ -127,7 +128,7 @@ class LLMSession:
             except LLMRequestError as exc:
                 if not exc.retryable or attempt >= self.config.max_retries:
                     raise
-                delay = self._backoff(attempt, exc.retry_after)
+                delay = self.retry.delay(attempt + 1, retry_after=exc.retry_after)
                 logger.info("LLM request failed (%s); retry %d in %.2fs", exc, attempt + 1, delay)
                 attempt += 1
                 await anyio.sleep(delay)
@@ -169,7 +170,7 @@ class LLMSession:
                                    status_code=None, retryable=True, retry_after=None)
         if isinstance(exc, openai.APIStatusError):
             status = exc.status_code
-            retry_after = _retry_after(exc.response.headers)
+            retry_after = self.retry.cap_retry_after(_retry_after(exc.response.headers))
             if status == 429 and retry_after is not None:
                 # Everyone waits: the limit is the endpoint's, not this request's.
                 self._rate.paused_until = max(self._rate.paused_until, time.monotonic() + retry_after)
@@ -178,11 +179,6 @@ class LLMSession:
                                    status_code=status, retryable=transient, retry_after=retry_after)
         return LLMRequestError(self.redact(f"LLM reply unusable: {exc.message}"), status_code=None,
                                retryable=True, retry_after=None)
-
-    def _backoff(self, attempt: int, retry_after: float | None) -> float:
-        base = min(self.config.retry_max_delay, self.config.retry_initial_delay * 2**attempt)
-        delay = base * (0.5 + random.random() / 2)
-        return float(max(delay, retry_after or 0.0))
 
 
 def _reply_of(completion: Any, redact: Redactor) -> ChatReply:
@@ -202,6 +198,10 @@ def _reply_of(completion: Any, redact: Redactor) -> ChatReply:
 
 
 def _retry_after(headers: Any) -> float | None:
+    """Return the seconds a response asks to wait (``Retry-After-Ms``, then ``Retry-After``).
+
+    ``None`` when absent or malformed; not capped here (`RetryPolicy.cap_retry_after` does).
+    """
     milliseconds = headers.get("retry-after-ms")
     if milliseconds:
         try:
@@ -214,8 +214,12 @@ def _retry_after(headers: Any) -> float | None:
     try:
         return max(0.0, float(value))
     except ValueError:
+        pass
+    try:
         parsed = email.utils.parsedate_to_datetime(value)
-        return max(0.0, parsed.timestamp() - time.time()) if parsed else None
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None  # neither seconds nor an HTTP date
+    return max(0.0, parsed.timestamp() - time.time()) if parsed else None
 
 
 def _server_message(exc: openai.APIStatusError, redact: Redactor) -> str:
