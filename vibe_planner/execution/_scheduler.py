@@ -259,10 +259,10 @@ class Scheduler:
             exc = await self._attempt(node, context, started_at)
             if isinstance(exc, dict):
                 return exc
-            retryable = bool(getattr(exc, "retryable", True)) and attempt < attempts
+            retryable = _retryable(exc) and attempt < attempts
             if not retryable:
                 return self._failed(node, exc, attempt, started_at, context)
-            delay = self._retry.delay(attempt, retry_after=getattr(exc, "retry_after", None))
+            delay = self._retry.delay(attempt, retry_after=_attribute(exc, "retry_after", None))
             if self._emit is not None:
                 self._emit(self.event(NodeRetrying, node_id=node.id, attempt=attempt, delay=delay,
                                       error=self._redact(_describe(exc))))
@@ -302,7 +302,7 @@ class Scheduler:
         error = {
             "type": type(exc).__name__,
             "message": self._redact(_describe(exc))[:4000],
-            "retryable": bool(getattr(exc, "retryable", True)),
+            "retryable": _retryable(exc),
         }
         record = self._state.finish_unsuccessfully(
             node.id,
@@ -374,8 +374,28 @@ def _run_cancelled() -> bool:
     return task is not None and task.cancelling() > 0
 
 
+def _retryable(exc: BaseException) -> bool:
+    """Whether a handler's exception allows a retry (``retryable``, true unless it says not)."""
+    try:
+        return bool(getattr(exc, "retryable", True))
+    except Exception:
+        return True  # a property (or __bool__) that raises says nothing
+
+
+def _attribute(exc: BaseException, name: str, default: Any) -> Any:
+    """Read a steering attribute of a handler's exception; a property that raises is absent."""
+    try:
+        return getattr(exc, name, default)
+    except Exception:
+        return default
+
+
 def _describe(exc: BaseException) -> str:
-    text = str(exc)
+    """Return an exception's message; one whose ``__str__`` raises is described, not raised."""
+    try:
+        text = str(exc)
+    except Exception as inner:
+        return f"<{type(exc).__name__}; its str() raised {type(inner).__name__}>"
     if isinstance(exc, TimeoutError) and not text:
         return "timed out"
     return text or type(exc).__name__

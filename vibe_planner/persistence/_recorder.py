@@ -122,6 +122,10 @@ class RunRecorder:
         while self._written < generation:
             if self.failure is not None:
                 raise self.failure
+            if self._ended:
+                # The writer was stopped from outside (a native cancel of every task, as
+                # asyncio does when a handler's KeyboardInterrupt stops the loop).
+                raise RuntimeError("the checkpoint writer of this run ended before writing")
             await self._progress.wait()
         return self.written[-1]
 
@@ -148,26 +152,33 @@ class RunRecorder:
     # -- the writer loop ----------------------------------------------------------------------
     async def _write_until_closed(self) -> None:
         """Write batches until closed. Shielded: a cancelled run still gets its last writes."""
-        with anyio.CancelScope(shield=True):
-            # One turn of the loop first: nodes ready at the start (a resume's, say) complete
-            # their first streak, and their records share the first batch's fsync.
-            await anyio.lowlevel.checkpoint()
-            while True:
-                # A fresh event before looking at the state: every change to the state sets
-                # the event after it is made, so no wake-up can fall between the look and
-                # the wait (`close` included: it is looked at on every pass, not only when a
-                # wake-up finds no work).
-                self._wake = anyio.Event()
-                if self.failure is not None:
-                    self._ended = True
-                    return
-                if self._records or self._reason is not None:
-                    await self._write_batch()
-                elif self._closing:
-                    self._ended = True
-                    return
-                else:
-                    await self._wake.wait()
+        try:
+            with anyio.CancelScope(shield=True):
+                await self._write_loop()
+        finally:
+            # However it ends (a native cancel gets through the shield), nobody may go on
+            # waiting for a write that will never come.
+            self._ended = True
+            self._notify()
+
+    async def _write_loop(self) -> None:
+        # One turn of the loop first: nodes ready at the start (a resume's, say) complete
+        # their first streak, and their records share the first batch's fsync.
+        await anyio.lowlevel.checkpoint()
+        while True:
+            # A fresh event before looking at the state: every change to the state sets
+            # the event after it is made, so no wake-up can fall between the look and
+            # the wait (`close` included: it is looked at on every pass, not only when a
+            # wake-up finds no work).
+            self._wake = anyio.Event()
+            if self.failure is not None:
+                return
+            if self._records or self._reason is not None:
+                await self._write_batch()
+            elif self._closing:
+                return
+            else:
+                await self._wake.wait()
 
     async def _write_batch(self) -> None:
         records, self._records = self._records, []
