@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import random
 from collections.abc import Sequence
+from pathlib import Path
 
 from vibe_planner import Vibe, WorkflowNode, WorkflowPlan
 
@@ -36,3 +38,10 @@ def random_dag(size: int, seed: int, *, kind: str = "work", max_deps: int = 3) -
         deps = sorted(rng.sample(range(i), count))
         nodes.append(WorkflowNode(id=f"n{i:05d}", kind=kind, depends_on=[f"n{d:05d}" for d in deps]))
     return nodes
+
+
+def allow_bodies(allow_file: Path, count: int) -> None:
+    """Let a `tests/crash_worker.py` process run its first *count* node bodies (see ALLOW_FILE)."""
+    temporary = allow_file.with_name(allow_file.name + ".tmp")
+    temporary.write_text(str(count))
+    os.replace(temporary, allow_file)

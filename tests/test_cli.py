@@ -123,8 +123,14 @@ def interrupt_after_first_node(
             assert proc.stdout is not None and proc.stderr is not None
             reader = LineReader(proc.stdout)
             reader.wait_for(lambda line: line.startswith("[") and " completed (" in line)
-            during()
-            proc.send_signal(signal.SIGINT)
+            # Stopped while *during* runs (which may take seconds on a loaded machine), so the
+            # run cannot reach its end before Ctrl-C; the SIGINT is delivered on SIGCONT.
+            proc.send_signal(signal.SIGSTOP)
+            try:
+                during()
+                proc.send_signal(signal.SIGINT)
+            finally:
+                proc.send_signal(signal.SIGCONT)
             code = proc.wait(timeout=15)
             return code, reader.rest(), proc.stderr.read()
         finally:

@@ -140,14 +140,12 @@ def test_drop_gives_connection_error(srv: FakeOpenAIServer, client: openai.OpenA
 
 
 def test_delay_beyond_client_timeout_gives_timeout_error(srv: FakeOpenAIServer) -> None:
-    srv.script(Reply(content="too late", delay=2.0))
+    # The reply would come only when the server shuts down: a timeout is the only way out.
+    srv.script(Reply(content="too late", delay=600))
     with openai.OpenAI(
         base_url=srv.base_url, api_key="test", max_retries=0, timeout=0.2
-    ) as slow_client:
-        started = time.monotonic()
-        with pytest.raises(openai.APITimeoutError):
-            slow_client.chat.completions.create(model="m", messages=USER_HI)
-    assert time.monotonic() - started < 1.5
+    ) as slow_client, pytest.raises(openai.APITimeoutError):
+        slow_client.chat.completions.create(model="m", messages=USER_HI)
     assert len(srv.chat_requests()) == 1
 
 
@@ -165,7 +163,7 @@ async def test_async_client_round_trip(srv: FakeOpenAIServer) -> None:
         assert completion.choices[0].message.content == "echo: hello there"
 
 
-def _wait_for_port(port_file: Path, proc: subprocess.Popen[bytes], deadline_s: float = 10.0) -> int:
+def _wait_for_port(port_file: Path, proc: subprocess.Popen[bytes], deadline_s: float = 60.0) -> int:
     deadline = time.monotonic() + deadline_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
 from tests.fake_openai import FakeOpenAIServer, Reply, message_text, text_contains
@@ -161,11 +163,11 @@ async def test_transient_failures_are_retried(server: FakeOpenAIServer, failure:
 
 
 async def test_the_configured_timeout_really_applies(server: FakeOpenAIServer) -> None:
-    server.set_default(Reply(content=plan_json(CHAIN), delay=3))
-    started = time.monotonic()
-    with pytest.raises(PlanningError, match=r"timed out after 0\.3s"):
+    # The server answers only when it shuts down: the call can end only by the configured
+    # timeout (two attempts of 0.3 s), not the SDK's 600 s, which the hang guard would catch.
+    server.set_default(Reply(content=plan_json(CHAIN), delay=600))
+    with anyio.fail_after(60), pytest.raises(PlanningError, match=r"timed out after 0\.3s"):
         await LLMPlanner(config(server, timeout=0.3, max_retries=1)).plan(Vibe(description="x"))
-    assert time.monotonic() - started < 2.5  # two attempts of 0.3 s, not the SDK's 600 s
     assert len(server.chat_requests()) == 2
 
 
@@ -194,15 +196,21 @@ async def test_permanent_node_failure_is_not_retried(server: FakeOpenAIServer, t
 
 
 async def test_concurrency_limit_holds_at_the_server(server: FakeOpenAIServer, tmp_path: Path) -> None:
-    lock, current, peak = threading.Lock(), [0], [0]
+    changed, current, peak, answered = threading.Condition(), [0], [0], [0]
 
     def slow(body: dict[str, Any]) -> str:
-        with lock:
+        with changed:
             current[0] += 1
             peak[0] = max(peak[0], current[0])
-        time.sleep(0.05)
-        with lock:
+            changed.notify_all()
+            # Hold each request until the limit is reached (or every request left is here),
+            # so three overlap however slowly the client's requests arrive; a fourth one sent
+            # past the limit shows up meanwhile.
+            assert changed.wait_for(lambda: current[0] >= 3 or current[0] == 12 - answered[0],
+                                    timeout=30), "the client never had three requests out"
             current[0] -= 1
+            answered[0] += 1
+            changed.notify_all()
         return "done"
 
     server.on(is_planner, plan_json([{"id": f"n{i}", "instructions": "x"} for i in range(12)]))
@@ -325,11 +333,14 @@ async def test_a_200_node_plan_does_not_turn_429s_into_a_storm(server: FakeOpenA
     def rate_limited(body: dict[str, Any]) -> Reply:
         with lock:
             now = time.monotonic()
-            if len(server.requests) == 22 and not window[0]:
+            # ">=": another request may be recorded before this handler takes the lock.
+            if len(server.requests) >= 22 and not window[0]:
                 window[0] = now + 0.3
             if now < window[0]:
                 refused[0] += 1
-                return Reply.error(429, "rate limited", retry_after=round(window[0] - now, 3))
+                # Rounded up: a retry after Retry-After must never land inside the window.
+                retry_after = math.ceil((window[0] - now) * 1000) / 1000
+                return Reply.error(429, "rate limited", retry_after=retry_after)
         return Reply(content="ok")
 
     server.on(is_planner, plan_json([{"id": f"n{i}", "instructions": "x"} for i in range(200)]))

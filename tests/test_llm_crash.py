@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 WORKER = ROOT / "tests" / "llm_worker.py"
 SERVER = ROOT / "tests" / "fake_openai.py"
 STEP = re.compile(r"Step '([^']+)'")
+HELD = "step-5"  # no other node depends on it; it is ready once step-0 and step-1 are done
 
 
 def fifty_node_plan(seed: int = 11) -> dict[str, object]:
@@ -40,14 +41,18 @@ def server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     script.write_text(json.dumps({
         "default": {"mode": "echo", "delay": 0.03},
         "rules": [{"match_substring": "You are a planner", "roles": ["system"],
-                   "content_json": fifty_node_plan()}],
+                   "content_json": fifty_node_plan()},
+                  # The first request for an early sink is answered only when the server
+                  # stops: the first run cannot finish before the test kills it.
+                  {"match_substring": f"Step '{HELD}'", "roles": ["user"], "delay": 600,
+                   "times": 1, "content": "too late"}],
     }))
     port_file, log = tmp_path / "port", tmp_path / "requests.log"
     with subprocess.Popen([sys.executable, str(SERVER), "--port-file", str(port_file),
                            "--script", str(script), "--log", str(log)]) as proc:
         try:
             deadline = time.monotonic() + 30
-            while not port_file.exists():
+            while not port_file.exists():  # written atomically (`os.replace`)
                 assert time.monotonic() < deadline and proc.poll() is None, "server did not start"
                 time.sleep(0.01)
             yield f"http://127.0.0.1:{port_file.read_text().strip()}/v1", log
@@ -87,14 +92,18 @@ def test_kill_and_resume_never_replans_nor_resends_completed_prompts(
     base_url, log = server
     checkpoint_dir = tmp_path / "cp"
     args = [sys.executable, str(WORKER), str(checkpoint_dir), base_url, "an e2e vibe"]
+    plan_id = Vibe(description="an e2e vibe").default_plan_id()
     with subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) as proc:
+        # Kill once 20 prompts (the held one among them) reached the server and 10
+        # completions are on disk: what the resume must not send again is then there by
+        # construction, not by the kill's timing.
         deadline = time.monotonic() + 60
-        while classify(logged(log))[1].total() < 20:
+        while ((sent := classify(logged(log))[1]).total() < 20 or not sent[HELD]
+               or len(recorded_completed(checkpoint_dir, plan_id)) < 10):
             assert time.monotonic() < deadline and proc.poll() is None, proc.stderr
             time.sleep(0.005)
         proc.send_signal(signal.SIGKILL)
     assert proc.returncode == -signal.SIGKILL
-    plan_id = Vibe(description="an e2e vibe").default_plan_id()
     recorded = recorded_completed(checkpoint_dir, plan_id)
     before = len(logged(log))
     assert len(recorded) >= 10

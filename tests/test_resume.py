@@ -18,10 +18,12 @@ from vibe_planner import (
     CheckpointCorruptError,
     CheckpointMismatchError,
     CheckpointNotFoundError,
+    CheckpointWritten,
     MetaPlanner,
     NodeContext,
     NodeError,
     PlanLockedError,
+    ProgressEvent,
     TokenUsage,
     Vibe,
     WorkflowPersistenceManager,
@@ -163,7 +165,7 @@ async def test_second_run_of_the_same_plan_in_this_process_is_locked_out(tmp_pat
 
 HOLD_LOCK = """
 import sys, time
-from vibe_planner.persistence._store import FileCheckpointStore
+from vibe_planner import FileCheckpointStore
 FileCheckpointStore(sys.argv[1]).lock(sys.argv[2])
 print("locked", flush=True)
 time.sleep(60)
@@ -189,14 +191,32 @@ async def test_lock_held_by_another_process_then_taken_over_after_sigkill(tmp_pa
 
 
 async def test_keep_last_prunes_snapshots_and_journals(tmp_path: Path) -> None:
+    # Interval snapshots must not coalesce away, however slow the disk: node 5k+1 starts only
+    # once the snapshot asked for after node 5k is durable.
+    intervals, written = 0, anyio.Event()
+    calls = 0
+
+    def on_event(event: ProgressEvent) -> None:
+        nonlocal intervals, written
+        if isinstance(event, CheckpointWritten) and event.reason == "interval":
+            intervals += 1
+            written.set()
+            written = anyio.Event()
+
     async def work(ctx: NodeContext) -> int:
-        await anyio.sleep(0.002)  # slow enough for interval snapshots not to coalesce away
+        nonlocal calls
+        calls += 1
+        turn = calls
+        while intervals < (turn - 1) // 5:
+            await written.wait()
         return 1
 
     manager = WorkflowPersistenceManager(tmp_path / "cp", keep_last=2)
     planner = MetaPlanner(planner=StaticPlanner(random_dag(60, 1)), handlers={"work": work},
-                          persistence_manager=manager, checkpoint_interval=5, max_concurrency=2)
-    first = await planner.execute("prune")
+                          persistence_manager=manager, checkpoint_interval=5, max_concurrency=2,
+                          progress_callback=on_event)
+    with anyio.fail_after(30):
+        first = await planner.execute("prune")
     assert len(first.checkpoints_written) > 4
     infos = await manager.list_checkpoints(first.plan_id)
     assert [i.checkpoint_id for i in infos] == first.checkpoints_written[-2:][::-1]

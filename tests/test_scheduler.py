@@ -61,18 +61,27 @@ async def test_fast_branch_is_not_held_back_by_a_slow_one(tmp_path: Path) -> Non
 
 
 async def test_uneven_durations_overlap(tmp_path: Path) -> None:
-    # A fast chain of 4 x 10 ms runs while a 300 ms node is in flight: the fast sink finishes
-    # long before the slow node, so its finish time is well under the slow node's.
-    finished: dict[str, float] = {}
+    # A long node is in flight while a whole chain of short ones runs: the chain only starts
+    # once the long node has started, and the long node only ends once the chain's sink ran.
+    # (Events, not durations: on a loaded machine a "fast" chain may take longer than any
+    # sleep chosen for the "slow" node.)
+    slow_started, chain_done = anyio.Event(), anyio.Event()
+    finished: list[str] = []
 
     async def work(ctx: NodeContext) -> None:
-        await anyio.sleep(float(ctx.node.parameters["t"]))  # type: ignore[arg-type]
-        finished[ctx.node.id] = anyio.current_time()
+        if ctx.node.id == "slow":
+            slow_started.set()
+            await chain_done.wait()
+        elif ctx.node.id == "f1":
+            await slow_started.wait()
+        elif ctx.node.id == "f4":
+            chain_done.set()
+        finished.append(ctx.node.id)
 
-    nodes = [node("slow", t=0.3), node("f1", t=0.01), node("f2", "f1", t=0.01),
-             node("f3", "f2", t=0.01), node("f4", "f3", t=0.01)]
-    await make(tmp_path, nodes, {"work": work}).execute("overlap")
-    assert finished["f4"] < finished["slow"]
+    nodes = [node("slow"), node("f1"), node("f2", "f1"), node("f3", "f2"), node("f4", "f3")]
+    with anyio.fail_after(10):
+        await make(tmp_path, nodes, {"work": work}).execute("overlap")
+    assert finished == ["f1", "f2", "f3", "f4", "slow"]
 
 
 async def test_max_concurrency_is_respected_and_reached(tmp_path: Path) -> None:

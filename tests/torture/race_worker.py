@@ -1,6 +1,7 @@
 """A plan runner for the lock races: waits at a barrier, then calls `execute_with_resume`.
 
 Usage: python -m tests.torture.race_worker CHECKPOINT_DIR LOG_PATH SIZE SEED DELAY GO_AT
+                                           [LOCKED_OUT_DIR RIVALS]
 
 Every process of a race runs the same seeded plan as `tests/crash_worker.py` (same vibe, same
 outputs), waits until the wall clock reaches GO_AT (seconds since the epoch) so that all of
@@ -8,6 +9,10 @@ them call `execute_with_resume` within a millisecond or so, and prints one JSON 
 outcome (``ran``, ``stored`` or ``locked``), with the lock holder named by the error when
 locked out. Each node body appends
 ``<node id> <pid>`` to LOG_PATH, so the test can tell which process ran what.
+
+With LOCKED_OUT_DIR and RIVALS, a racer locked out leaves a file named by its pid in
+LOCKED_OUT_DIR, and the node bodies of the one that got the lock wait until RIVALS racers did:
+a racer that comes late on a loaded machine still finds the plan locked, never finished.
 """
 
 from __future__ import annotations
@@ -36,10 +41,18 @@ def main() -> None:
         float(sys.argv[5]),
         float(sys.argv[6]),
     )
+    locked_out = Path(sys.argv[7]) if len(sys.argv) > 8 else None
+    rivals = int(sys.argv[8]) if len(sys.argv) > 8 else 0
     log = open(log_path, "ab", buffering=0)  # noqa: SIM115 - lives as long as the process
     pid = os.getpid()
 
+    async def wait_for_rivals() -> None:
+        # Files written by other processes: there is no event to await.
+        while locked_out is not None and len(os.listdir(locked_out)) < rivals:  # noqa: ASYNC110
+            await anyio.sleep(0.002)
+
     async def work(ctx: NodeContext) -> str:
+        await wait_for_rivals()
         await anyio.sleep(delay)
         log.write(f"{ctx.node.id} {pid}\n".encode())
         digest = hashlib.sha256(
@@ -62,6 +75,8 @@ def main() -> None:
     try:
         result = anyio.run(planner.execute_with_resume, vibe)
     except PlanLockedError as exc:
+        if locked_out is not None:
+            (locked_out / str(pid)).touch()
         report = {"outcome": "locked", "pid": pid, "holder": exc.holder, "message": str(exc)}
     else:
         outputs = {k: r.output for k, r in result.node_results.items()}

@@ -14,6 +14,9 @@ import json
 import os
 import random
 import shutil
+import signal
+import subprocess
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -23,7 +26,7 @@ import anyio
 import orjson
 import pytest
 
-from tests.helpers import StaticPlanner, random_dag
+from tests.helpers import StaticPlanner, allow_bodies, random_dag
 from tests.torture.support import (
     ForkServer,
     Tally,
@@ -42,6 +45,7 @@ from vibe_planner import (
 )
 
 SIZE = 300
+CRASH_WORKER = Path(__file__).resolve().parent.parent / "crash_worker.py"
 
 
 def race(
@@ -55,6 +59,10 @@ def race(
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Fork *processes* racers on one plan, released together; return (reports, results)."""
     go_at = time.time() + 0.25 + 0.02 * processes  # after every child has been forked
+    # The winner's nodes wait until the others were locked out (however late a racer starts
+    # on a loaded machine): each race then has one outcome, not one that depends on timing.
+    locked_out = folder / f"locked-out-{go_at!r}"
+    locked_out.mkdir()
     args = [
         str(folder / "cp"),
         str(folder / "effects.log"),
@@ -62,6 +70,8 @@ def race(
         str(seed),
         str(delay),
         repr(go_at),
+        str(locked_out),
+        str(processes - 1),
     ]
     jobs = [
         {"module": "tests.torture.race_worker", "argv": args, "out": str(folder / f"racer-{i}.out")}
@@ -410,10 +420,23 @@ def test_sigkill_leaves_no_lock_behind_for_racers(
 ) -> None:
     """A holder killed mid-run: the next racers find the lock free; exactly one resumes."""
     seed = 902
-    reports, results = race(fork_server, tmp_path, 1, seed=seed, delay=0.01, kill_after=0.3)
-    assert results[0]["killed"] and not reports
-    recorded = recorded_completed(tmp_path / "cp", crash_plan_id(SIZE, seed))
-    assert recorded
+    plan_id = crash_plan_id(SIZE, seed)
+    # The holder: a real process that may run only 40 node bodies, killed once the files show
+    # recorded progress (so it dies mid-run, holding the lock, whatever the machine's load).
+    allow = tmp_path / "allow"
+    allow_bodies(allow, 40)
+    args = [str(tmp_path / "cp"), str(tmp_path / "effects.log"), str(SIZE), str(seed), "0.01", "5",
+            "journal", str(allow)]
+    with subprocess.Popen([sys.executable, str(CRASH_WORKER), *args], stdout=subprocess.DEVNULL) as holder:
+        deadline = time.monotonic() + 120
+        while len(recorded_completed(tmp_path / "cp", plan_id)) < 10:
+            assert holder.poll() is None, "the holder ended before it was killed"
+            assert time.monotonic() < deadline, "the holder recorded nothing in 120 s"
+            time.sleep(0.002)
+        holder.send_signal(signal.SIGKILL)
+    assert holder.returncode == -signal.SIGKILL
+    recorded = recorded_completed(tmp_path / "cp", plan_id)
+    assert len(recorded) >= 10
     offset = (tmp_path / "effects.log").stat().st_size
     reports, _ = race(fork_server, tmp_path, 8, seed=seed, delay=0.01)
     assert Counter(r["outcome"] for r in reports) == {"ran": 1, "locked": 7}

@@ -279,7 +279,9 @@ def test_crash_loop_never_loses_or_repeats_recorded_work(
     for setup in setups(seed=11 if long_mode else 7):
         per_plan.append(loop.run_plan(setup))
         kills = sum(per_plan)
-        if kills >= target:
+        # How many kills a plan takes depends on where the random kills land (the machine's
+        # load included): keep going until both the kills and the plans are there.
+        if kills >= target and len(per_plan) >= 3:
             break
     assert kills >= target
     assert len(per_plan) >= 3, "several plans, each with many kills"

@@ -29,7 +29,7 @@ import anyio
 import orjson
 import pytest
 
-from tests.helpers import StaticPlanner, node, random_dag
+from tests.helpers import StaticPlanner, allow_bodies, node, random_dag
 from tests.torture.support import (
     CRASH_WORKER,
     FailingStore,
@@ -593,9 +593,10 @@ def test_outputs_that_are_not_json_fail_the_node_naming_it(tmp_path: Path, value
 def test_files_are_owner_only_whatever_the_umask(tmp_path: Path) -> None:
     """With umask 000, a crashed run's files (snapshots, journal, lock, temp files) and the
     folders created by the library are 0600 and 0700."""
-    checkpoint_dir, log = tmp_path / "cp", tmp_path / "effects.log"
-    args = [str(checkpoint_dir), str(log), "300", "5", "0.004", "1000", "journal"]
+    checkpoint_dir, log, allow = tmp_path / "cp", tmp_path / "effects.log", tmp_path / "allow"
+    args = [str(checkpoint_dir), str(log), "300", "5", "0.004", "1000", "journal", str(allow)]
     command = ["sh", "-c", 'umask 000 && exec "$0" "$@"', sys.executable, str(CRASH_WORKER), *args]
+    allow_bodies(allow, 150)  # still mid-run when killed, however late the kill lands
     with subprocess.Popen(command, stdout=subprocess.DEVNULL) as proc:
         deadline = time.monotonic() + 60
         while not log.exists() or len(log.read_bytes().splitlines()) < 100:
