@@ -41,10 +41,16 @@ from .execution._context import RetryPolicy as RetryPolicy
 from .llm import LLMConfig as LLMConfig
 from .llm import LLMPlanner as LLMPlanner
 from .llm import LLMRequestError as LLMRequestError
+from .persistence._file_store import FileCheckpointStore as FileCheckpointStore
 from .persistence._manager import WorkflowPersistenceManager as WorkflowPersistenceManager
+from .persistence._memory_store import MemoryCheckpointStore as MemoryCheckpointStore
 from .persistence._recorder import Durability as Durability
 from .persistence._store import CheckpointStore as CheckpointStore
-from .persistence._store import FileCheckpointStore as FileCheckpointStore
+from .persistence._store import Latest as Latest
+from .persistence._store import Lease as Lease
+from .persistence._store import SnapshotWrite as SnapshotWrite
+from .persistence._store import Stored as Stored
+from .persistence._store import WriteBatch as WriteBatch
 from .planning import OfflinePlanner as OfflinePlanner
 from .planning import Planner as Planner
 
@@ -71,6 +77,9 @@ __all__ = [
     "LLMConfig",
     "LLMPlanner",
     "LLMRequestError",
+    "Latest",
+    "Lease",
+    "MemoryCheckpointStore",
     "MetaPlanner",
     "NodeCompleted",
     "NodeContext",
@@ -91,6 +100,8 @@ __all__ = [
     "ProgressEvent",
     "RetryPolicy",
     "RunFinished",
+    "SnapshotWrite",
+    "Stored",
     "TokenUsage",
     "UnsafeCheckpointFolderError",
     "Vibe",
@@ -98,4 +109,5 @@ __all__ = [
     "WorkflowNode",
     "WorkflowPersistenceManager",
     "WorkflowPlan",
+    "WriteBatch",
 ]

@@ -39,9 +39,9 @@ from .execution._run import Run, RunSettings
 from .execution._scheduler import check_handlers
 from .llm import LLMConfig, LLMNodeHandler, LLMPlanner, LLMSession
 from .llm._session import RateLimiter
-from .persistence._lock import PlanLock
 from .persistence._manager import Restored, WorkflowPersistenceManager
 from .persistence._recorder import Durability, open_recorder
+from .persistence._store import Lease
 from .planning import OfflinePlanner, Planner
 
 __all__ = ["MetaPlanner", "VibeLike"]
@@ -241,8 +241,7 @@ class MetaPlanner:
         check_plan_id(plan_id)
         if checkpoint_id is not None:
             check_checkpoint_id(checkpoint_id)
-        store = self.persistence_manager.store
-        if not await anyio.to_thread.run_sync(store.list_checkpoints, plan_id):
+        if not await self.persistence_manager.has_checkpoints(plan_id):
             raise CheckpointNotFoundError(checkpoint_id, plan_id)  # before the lock makes a folder
         async with self._locked(plan_id):
             restored = await self._restore(plan_id, checkpoint_id)
@@ -356,12 +355,12 @@ class MetaPlanner:
 
 
 class _PlanLockContext:
-    """Holds the plan's run lock for the duration of an ``async with`` block."""
+    """Holds the plan's lease for the duration of an ``async with`` block."""
 
     def __init__(self, manager: WorkflowPersistenceManager | None, plan_id: str) -> None:
         self._manager = manager
         self._plan_id = plan_id
-        self._lock: PlanLock | None = None
+        self._lock: Lease | None = None
 
     async def __aenter__(self) -> None:
         if self._manager is not None:

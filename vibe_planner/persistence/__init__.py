@@ -1,1 +1,1 @@
-"""Checkpoint persistence: the manager, the store interface, the codec and the run recorder."""
+"""Checkpoint persistence: the manager, the store protocol and its stores, the codec, the recorder."""

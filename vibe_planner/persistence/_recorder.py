@@ -1,10 +1,12 @@
 """`RunRecorder`: the one background writer that makes a run durable.
 
 The scheduler reports each finished node with a cheap, synchronous call. The recorder's loop
-(a task in the run's task group) gathers what piled up since its last write and hands it to a
-worker thread in one batch: the journal records first (one append, one fsync for all of them),
-then at most one snapshot. Snapshot requests coalesce: if several pile up while the thread is
-busy, one snapshot of the newest state is written, under the most important reason asked for.
+(a task in the run's task group) gathers what piled up since its last write and hands it to
+the manager as one batch, which the store applies in one thread hop (or one transaction): the
+journal records first (one append, one fsync for all of them), then at most one snapshot
+(encoded in that hop, off the loop), then the journal's truncation and retention. Snapshot
+requests coalesce: if several pile up while the thread is busy, one snapshot of the newest
+state is written, under the most important reason asked for.
 
 Invariant: a snapshot's state is captured on the event loop right after the batch's journal
 records are taken, so it contains every record written to the journal so far, and the journal
@@ -19,19 +21,16 @@ opened with `RunRecorder.cancelled_on_failure` and is raised to whoever waits fo
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Literal
 
 import anyio
 import anyio.lowlevel
-import anyio.to_thread
 
-from .._exceptions import CheckpointWriteError
 from .._models import CheckpointReason
 from .._state import Capture, Record, RunState
-from ._codec import encode_checkpoint, encode_journal, journal_entries
-from ._manager import WorkflowPersistenceManager, journal_name
+from ._codec import encode_checkpoint
+from ._manager import WorkflowPersistenceManager
 
 __all__ = ["Durability", "RunRecorder", "open_recorder"]
 
@@ -186,7 +185,7 @@ class RunRecorder:
         target = self._requested
         capture = self._state.capture() if reason is not None else None
         try:
-            checkpoint_id = await anyio.to_thread.run_sync(self._commit, records, capture, reason)
+            checkpoint_id = await self._commit(records, capture, reason)
         except Exception as exc:
             self.failure = exc
             for scope in self._failure_scopes:
@@ -204,43 +203,25 @@ class RunRecorder:
         progress, self._progress = self._progress, anyio.Event()
         progress.set()
 
-    def _commit(self, records: list[Record], capture: Capture | None, reason: str | None) -> str | None:
-        """Append the journal, then write the snapshot, then compact the journal (worker thread)."""
-        try:
-            return self._commit_unchecked(records, capture, reason)
-        except CheckpointWriteError:
-            raise
-        except OSError as exc:
-            # A custom store (or the OS under it) failed without saying which file: say the plan.
-            assert self._manager is not None
-            where = self._manager.store.location(self._state.plan.plan_id)
-            reason_ = f"{os.strerror(exc.errno)} ({exc})" if exc.errno else str(exc)
-            raise CheckpointWriteError(where, reason_, errno_=exc.errno) from exc
-
-    def _commit_unchecked(
-        self, records: list[Record], capture: Capture | None, reason: str | None
-    ) -> str | None:
+    async def _commit(self, records: list[Record], capture: Capture | None, reason: str | None) -> str | None:
+        """Append the journal, write the snapshot, empty the journal: one batch, one hop."""
         assert self._manager is not None
-        store, state = self._manager.store, self._state
-        plan_id, run_id = state.plan.plan_id, state.run_id
-        journal = journal_name(run_id)
-        if records:
-            entries = journal_entries(run_id, records, resumed_from=self._header)
-            store.append(plan_id, journal, encode_journal(entries))
-            self._header = None
-        if capture is None or reason is None:
-            return None
+        state = self._state
+        encode = None
+        if capture is not None and reason is not None:
 
-        def encode(checkpoint_id: str, sequence: int) -> bytes:
-            fields = state.snapshot_fields(
-                capture, checkpoint_id=checkpoint_id, sequence=sequence, reason=reason
-            )
-            return encode_checkpoint(fields)
+            def encode(checkpoint_id: str, sequence: int) -> bytes:  # called off the loop
+                fields = state.snapshot_fields(
+                    capture, checkpoint_id=checkpoint_id, sequence=sequence, reason=reason
+                )
+                return encode_checkpoint(fields)
 
-        checkpoint_id = self._manager.write_snapshot_sync(plan_id, run_id, encode)
-        self._header = None  # the journal is this snapshot's from now on
-        if self._journal_on:
-            store.truncate(plan_id, journal)
+        checkpoint_id = await self._manager.write(
+            state.plan.plan_id, state.run_id, records, resumed_from=self._header if records else None,
+            snapshot=encode, truncate_journal=self._journal_on,
+        )
+        if records or checkpoint_id is not None:
+            self._header = None  # written, or the journal is this snapshot's from now on
         return checkpoint_id
 
 

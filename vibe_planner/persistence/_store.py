@@ -1,453 +1,228 @@
-"""Where checkpoint bytes live: the `CheckpointStore` interface and its file implementation.
+"""The `CheckpointStore` protocol: where checkpoints and journals live, in the domain's words.
 
-Stores are synchronous on purpose: the persistence manager calls them from a worker thread,
-one batch (journal append + snapshot + compaction) per thread hop, so the event loop never
-touches the disk and a batch costs one hop instead of one per operation.
+A store keeps, per plan, *snapshots* (checkpoint documents, keyed by checkpoint id) and
+*journals* (one append-only byte log per run, keyed by run id), and grants *leases*: one
+holder per plan at a time, with a fencing token that grows with every grant.
 
-The file layout is::
+Everything is async, and a store never does its work on the event loop: the file store makes
+one worker-thread hop per call, the memory store one for the parsing or encoding it is given,
+a database store one transaction. Documents are encoded and decoded by callables the
+manager hands over (``encode``, ``parse``), which the store calls off the loop, inside that
+one hop: the codec stays the one owner of the format, and the work stays off the loop.
 
-    <root>/<plan_id>/cp-<sequence>-<suffix>.json     a snapshot (checkpoint document)
-    <root>/<plan_id>/journal-<run_id>.jsonl         completions since the run's last snapshot
-    <root>/<plan_id>/.lock                          held (flock) by the process running the plan
-    <root>/.<plan_id>.deleting-<hex>/               a plan folder being deleted (a tombstone)
+Writes are batched: `CheckpointStore.commit` takes a `WriteBatch` (journal append, snapshot,
+journal truncation, deletions, in that order) so a checkpoint costs one hop or one
+transaction. Reads that a resume or a listing needs come whole (`read_latest`: the newest
+snapshot and every journal of the plan; `read_checkpoints`: every snapshot of a plan).
 
-Files are created 0600 and folders 0700 whatever the umask (modes are set after creation).
-Like ssh with its keys, the store refuses (`UnsafeCheckpointFolderError`) to run a plan or
-read a checkpoint when the root, the plan folder or a file in it belongs to another user
-(root excepted) or is writable by group or others: whoever can write there can plant the
-state a resume would trust.
+Identifiers reaching a store are validated (`check_plan_id`, `check_checkpoint_id`). Every
+store passes tests/test_store_conformance.py; see docs/checkpoints.md, "Stores".
 """
 
 from __future__ import annotations
 
-import contextlib
-import errno
-import os
-import re
-import secrets
-import stat
+import functools
 from abc import ABC, abstractmethod
-from pathlib import Path
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
 
-from .._exceptions import (
-    CheckpointCorruptError,
-    CheckpointNotFoundError,
-    CheckpointWriteError,
-    UnsafeCheckpointFolderError,
-)
-from .._ids import CHECKPOINT_ID, check_plan_id
-from ._lock import PlanLock
+from .._exceptions import CheckpointError, CheckpointNotFoundError
+from .._ids import checkpoint_sequence
 
-__all__ = ["CheckpointStore", "FileCheckpointStore"]
+__all__ = ["CheckpointStore", "Latest", "Lease", "SnapshotWrite", "Stored", "WriteBatch", "journal_name"]
 
-_FILE_MODE = 0o600
-_DIR_MODE = 0o700
-_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
-_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
-# O_NONBLOCK: opening a FIFO planted where a file should be must fail fast, not hang; it has no
-# effect on regular files, and anything that is not one is refused right after opening.
-_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
-# A deleted plan's folder is first renamed to this (not a valid plan id, so never listed).
-_DELETING = ".deleting-"
-_TOMBSTONE_SUFFIX = re.compile(r"[0-9a-f]{12}")
+_T = TypeVar("_T")
+_J = TypeVar("_J")
+
+
+def journal_name(run_id: str) -> str:
+    """Return the name of a run's journal, as `CheckpointStore.describe` takes it."""
+    return f"journal-{run_id}.jsonl"
+
+
+@dataclass(frozen=True, eq=False)
+class Lease:
+    """The right to write a plan, granted by `CheckpointStore.acquire_lease`.
+
+    Stores refuse (`PlanLockedError`) writes under a lease that was released or superseded.
+    """
+
+    plan_id: str
+    token: int
+    """Fencing token: greater than that of every earlier grant for this plan in this store
+    (see each store for how far the guarantee reaches)."""
+    holder: str
+    """Who holds it, for messages (``pid=… host=…``)."""
+    handle: Any = field(default=None, repr=False)
+    """The store's own state for the lease (the file store's flock)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotWrite:
+    """A snapshot to write: its id, and the callable that makes its bytes (called off the loop)."""
+
+    checkpoint_id: str
+    encode: Callable[[], bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class WriteBatch:
+    """Writes for one plan applied by one `CheckpointStore.commit`, in this order.
+
+    1. ``journal`` (bytes, or a callable making them, called off the loop) is appended to the
+       journal of ``run_id`` (created if needed);
+    2. ``snapshot`` is written (a new id: an existing one is an error);
+    3. if ``truncate_journal``, the journal of ``run_id`` is emptied;
+    4. the checkpoints ``delete_checkpoints`` and the journals of ``delete_journals`` (run ids)
+       are deleted; missing ones are fine.
+
+    A step runs only once the previous one is durable. If a step fails, the later ones do not
+    happen (a transactional store may also undo the earlier ones).
+    """
+
+    run_id: str
+    journal: bytes | Callable[[], bytes] = b""
+    snapshot: SnapshotWrite | None = None
+    truncate_journal: bool = False
+    delete_checkpoints: Sequence[str] = ()
+    delete_journals: Sequence[str] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Stored(Generic[_T]):
+    """One snapshot or journal as read by a bulk read: parsed, or why it could not be."""
+
+    name: str
+    """The checkpoint id (snapshots) or the run id (journals)."""
+    size: int
+    """Its size in bytes."""
+    value: _T | None
+    error: CheckpointError | None = None
+    """`CheckpointCorruptError` or `UnsafeCheckpointFolderError` raised reading or parsing it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Latest(Generic[_T, _J]):
+    """What `CheckpointStore.read_latest` returns: the newest snapshot and the plan's journals."""
+
+    checkpoint_id: str
+    checkpoint: _T
+    journals: list[Stored[_J]]
 
 
 class CheckpointStore(ABC):
-    """Byte storage for checkpoints and journals, keyed by validated ids.
+    """Snapshots, journals and leases of plans.
 
-    Implementations are called from worker threads and must be thread-safe for different
-    plans; calls for one plan are serialised by the caller.
+    Implement the abstract methods; the others have defaults built on them that a store may
+    override to save round trips. All must be safe to call from several tasks at once.
     """
 
     @abstractmethod
-    def location(self, plan_id: str, name: str | None = None) -> Path:
-        """Return the path (or pseudo-path) of a plan folder or of a file in it, for messages."""
+    def describe(self, plan_id: str, name: str | None = None) -> str:
+        """Return where a plan, or one of its files, lives: for messages; no I/O.
+
+        *name* is ``<checkpoint_id>.json`` or ``journal-<run_id>.jsonl``. The result must end
+        with ``/<plan_id>`` or ``/<plan_id>/<name>``: errors carry it as a `Path`.
+        """
+
+    # -- reading -------------------------------------------------------------------------------
+    @abstractmethod
+    async def plan_ids(self) -> list[str]:
+        """Return the ids of the plans that have anything stored, sorted."""
 
     @abstractmethod
-    def list_plans(self) -> list[str]:
-        """Return the ids of plans that have a folder."""
-
-    @abstractmethod
-    def list_checkpoints(self, plan_id: str) -> list[str]:
+    async def checkpoint_ids(self, plan_id: str) -> list[str]:
         """Return the checkpoint ids of a plan, in no particular order."""
 
     @abstractmethod
-    def read(self, plan_id: str, name: str) -> bytes:
-        """Return a file's bytes; `CheckpointNotFoundError` if absent.
+    async def read_checkpoint(self, plan_id: str, checkpoint_id: str, parse: Callable[[bytes], _T]) -> _T:
+        """Return ``parse(bytes)`` of a snapshot (`CheckpointNotFoundError` if there is none)."""
 
-        Raises `UnsafeCheckpointFolderError` if someone else could have written the file.
+    @abstractmethod
+    async def read_checkpoints(
+        self, plan_id: str, parse: Callable[[str, bytes], _T]
+    ) -> list[Stored[_T]]:
+        """Return every snapshot of a plan, ``parse(checkpoint_id, bytes)`` of each.
+
+        A damaged or unsafe one is returned with `Stored.error` set; one deleted meanwhile is
+        left out.
         """
 
     @abstractmethod
-    def size(self, plan_id: str, name: str) -> int:
-        """Return a file's size in bytes."""
+    async def read_journals(self, plan_id: str, parse: Callable[[str, bytes], _J]) -> list[Stored[_J]]:
+        """Return every journal of a plan, ``parse(run_id, bytes)`` of each, by run id."""
+
+    async def read_latest(
+        self,
+        plan_id: str,
+        parse: Callable[[str, bytes], _T],
+        parse_journal: Callable[[str, bytes], _J] | None = None,
+    ) -> Latest[_T, _J] | None:
+        """Return the snapshot of highest sequence, parsed, with every journal of the plan.
+
+        ``None`` if the plan has no snapshot; no journals without *parse_journal*. A damaged
+        newest snapshot raises its error (no fallback to an older one). This default makes
+        three calls; the file store makes one hop.
+        """
+        for _ in range(10):  # the newest may be pruned between listing and reading: list again
+            ids = await self.checkpoint_ids(plan_id)
+            if not ids:
+                return None
+            newest = max(ids, key=checkpoint_sequence)
+            try:
+                checkpoint = await self.read_checkpoint(plan_id, newest, functools.partial(parse, newest))
+            except CheckpointNotFoundError:
+                continue
+            journals = [] if parse_journal is None else await self.read_journals(plan_id, parse_journal)
+            return Latest(newest, checkpoint, journals)
+        raise CheckpointError(f"checkpoints of plan {plan_id!r} keep vanishing while being read")
+
+    async def find_plans(self, checkpoint_id: str) -> list[str]:
+        """Return the ids of the plans holding a checkpoint *checkpoint_id* (normally one)."""
+        return [p for p in await self.plan_ids() if checkpoint_id in await self.checkpoint_ids(p)]
+
+    # -- leases --------------------------------------------------------------------------------
+    @abstractmethod
+    async def acquire_lease(self, plan_id: str) -> Lease:
+        """Take the plan's lease without waiting, or raise `PlanLockedError` naming the holder."""
 
     @abstractmethod
-    def write_atomic(self, plan_id: str, name: str, data: bytes) -> None:
-        """Create a new file with *data* so that it is either absent or complete after a crash."""
+    async def renew_lease(self, lease: Lease) -> Lease:
+        """Extend a lease (a no-op where a lease lasts as long as its holder); return it.
 
-    @abstractmethod
-    def append(self, plan_id: str, name: str, data: bytes) -> None:
-        """Append *data* to a file durably (creating it if needed)."""
-
-    @abstractmethod
-    def truncate(self, plan_id: str, name: str) -> None:
-        """Empty a file durably if it exists."""
-
-    @abstractmethod
-    def delete(self, plan_id: str, name: str) -> None:
-        """Delete a file; missing files are fine."""
-
-    @abstractmethod
-    def list_names(self, plan_id: str, prefix: str) -> list[str]:
-        """Return file names of a plan folder starting with *prefix*."""
-
-    @abstractmethod
-    def delete_plan(self, plan_id: str) -> None:
-        """Delete a plan's folder and everything in it; the caller holds the plan's lock.
-
-        A run starting meanwhile must find either the whole folder or none of it.
+        Raises `PlanLockedError` if the lease is no longer held.
         """
 
     @abstractmethod
-    def lock(self, plan_id: str) -> PlanLock:
-        """Take the plan's run lock without waiting, or raise `PlanLockedError`.
+    async def release_lease(self, lease: Lease) -> None:
+        """Give a lease up (idempotent)."""
 
-        Raises `UnsafeCheckpointFolderError` if someone else could have written the plan.
+    # -- writing -------------------------------------------------------------------------------
+    @abstractmethod
+    async def commit(self, lease: Lease, batch: WriteBatch) -> None:
+        """Apply *batch* to the lease's plan (see `WriteBatch` for the order and guarantees).
+
+        Raises `PlanLockedError` if *lease* is not the plan's current lease, and
+        `CheckpointWriteError` (or another `OSError`) if the storage fails.
         """
 
+    async def write_snapshot(self, lease: Lease, checkpoint_id: str, data: bytes) -> None:
+        """Write one snapshot (a batch of one)."""
+        await self.commit(lease, WriteBatch("", snapshot=SnapshotWrite(checkpoint_id, lambda: data)))
 
-class FileCheckpointStore(CheckpointStore):
-    """Checkpoints as files: owner-only, crash-safe (temp + fsync + rename + fsync folder).
+    async def append_journal(self, lease: Lease, run_id: str, data: bytes) -> None:
+        """Append *data* to a run's journal (a batch of one)."""
+        await self.commit(lease, WriteBatch(run_id, journal=data))
 
-    Args:
-        root: The checkpoint folder, created (mode 0700) on first write.
+    @abstractmethod
+    async def delete_checkpoint(self, plan_id: str, checkpoint_id: str) -> None:
+        """Delete one snapshot; `CheckpointNotFoundError` if there is none with this id."""
 
-    """
+    @abstractmethod
+    async def prune(self, plan_id: str, checkpoint_ids: Sequence[str], run_ids: Sequence[str]) -> None:
+        """Delete these snapshots and the journals of these runs; missing ones are fine."""
 
-    def __init__(self, root: str | os.PathLike[str]) -> None:
-        self.root = Path(root)
-
-    def location(self, plan_id: str, name: str | None = None) -> Path:
-        folder = self.root / plan_id
-        return folder if name is None else folder / name
-
-    def list_plans(self) -> list[str]:
-        try:
-            entries = list(os.scandir(self.root))
-        except FileNotFoundError:
-            return []
-        return sorted(e.name for e in entries if e.is_dir(follow_symlinks=False) and _is_plan(e.name))
-
-    def list_checkpoints(self, plan_id: str) -> list[str]:
-        names = self.list_names(plan_id, "cp-")
-        return [n[:-5] for n in names if n.endswith(".json") and CHECKPOINT_ID.fullmatch(n[:-5])]
-
-    def list_names(self, plan_id: str, prefix: str) -> list[str]:
-        try:
-            return [n for n in os.listdir(self._folder(plan_id)) if n.startswith(prefix)]
-        except FileNotFoundError:
-            return []
-
-    def read(self, plan_id: str, name: str) -> bytes:
-        path = self.location(plan_id, name)
-        try:
-            fd = os.open(path, os.O_RDONLY | _NOFOLLOW | _CLOEXEC | _NONBLOCK)
-        except FileNotFoundError:
-            raise CheckpointNotFoundError(_strip_json(name), plan_id) from None
-        except OSError as exc:
-            raise CheckpointCorruptError(path, _describe_open_error(path, exc)) from None
-        try:
-            info = os.fstat(fd)
-            if stat.S_ISDIR(info.st_mode):
-                raise CheckpointCorruptError(path, "is a directory, not a file")
-            if not stat.S_ISREG(info.st_mode):
-                raise CheckpointCorruptError(path, "not a regular file")
-            self._refuse_unsafe_folders(plan_id)
-            _refuse_unsafe(path, info, "the file")
-        except BaseException:
-            os.close(fd)
-            raise
-        with os.fdopen(fd, "rb") as file:
-            return file.read()
-
-    def size(self, plan_id: str, name: str) -> int:
-        try:
-            return os.lstat(self.location(plan_id, name)).st_size
-        except FileNotFoundError:
-            return 0
-
-    def write_atomic(self, plan_id: str, name: str, data: bytes) -> None:
-        folder = self._folder(plan_id, create=True)
-        final = folder / name
-        temp = folder / f".{name}.tmp-{secrets.token_hex(4)}"
-        try:
-            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC, _FILE_MODE)
-            try:
-                os.fchmod(fd, _FILE_MODE)  # whatever the umask took away
-                _write_all(fd, data)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            if os.path.lexists(final):
-                raise FileExistsError(errno.EEXIST, "a checkpoint with this name already exists")
-            os.replace(temp, final)
-            _fsync_dir(folder)
-        except OSError as exc:
-            with contextlib.suppress(OSError):
-                os.unlink(temp)
-            raise CheckpointWriteError(final, _os_reason(exc), errno_=exc.errno) from exc
-
-    def append(self, plan_id: str, name: str, data: bytes) -> None:
-        folder = self._folder(plan_id, create=True)
-        path = folder / name
-        created = not os.path.lexists(path)
-        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | _NOFOLLOW | _CLOEXEC | _NONBLOCK
-        try:
-            fd = os.open(path, flags, _FILE_MODE)
-            try:
-                _require_regular(fd, path)
-                if created:
-                    os.fchmod(fd, _FILE_MODE)  # whatever the umask took away
-                _write_all(fd, data)
-                os.fdatasync(fd)
-            finally:
-                os.close(fd)
-            if created:
-                _fsync_dir(folder)
-        except OSError as exc:
-            raise CheckpointWriteError(path, _os_reason(exc), errno_=exc.errno) from exc
-
-    def truncate(self, plan_id: str, name: str) -> None:
-        path = self.location(plan_id, name)
-        try:
-            fd = os.open(path, os.O_WRONLY | _NOFOLLOW | _CLOEXEC | _NONBLOCK)
-        except FileNotFoundError:
-            return
-        except OSError as exc:
-            raise CheckpointWriteError(path, _os_reason(exc), errno_=exc.errno) from exc
-        try:
-            _require_regular(fd, path)
-            os.ftruncate(fd, 0)
-            os.fsync(fd)
-        except OSError as exc:
-            raise CheckpointWriteError(path, _os_reason(exc), errno_=exc.errno) from exc
-        finally:
-            os.close(fd)
-
-    def delete(self, plan_id: str, name: str) -> None:
-        path = self.location(plan_id, name)
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            return
-        except OSError as exc:
-            raise CheckpointWriteError(path, _os_reason(exc), errno_=exc.errno) from exc
-        _fsync_dir(path.parent)
-
-    def delete_plan(self, plan_id: str) -> None:
-        """Delete a plan's folder: rename it to a tombstone at once, then empty and remove that.
-
-        The caller holds the plan's lock. The rename is atomic, so a run starting meanwhile sees
-        either the old folder (and the held lock: `PlanLockedError`) or no folder (and starts a
-        fresh one); nobody ever sees half a folder. Tombstones left by a crash are removed by
-        the next `delete_plan` or `lock`.
-        """
-        folder = self._folder(plan_id)
-        try:
-            names = os.listdir(folder)
-        except FileNotFoundError:
-            names = None
-        except OSError as exc:
-            raise CheckpointWriteError(folder, _os_reason(exc), errno_=exc.errno) from exc
-        if names is not None:
-            for name in names:
-                path = folder / name
-                if os.path.isdir(path) and not os.path.islink(path):
-                    raise CheckpointWriteError(path, "unexpected folder inside a plan folder; not deleted")
-            tombstone = self.root / f".{plan_id}{_DELETING}{secrets.token_hex(6)}"
-            try:
-                os.rename(folder, tombstone)
-            except OSError as exc:
-                raise CheckpointWriteError(folder, _os_reason(exc), errno_=exc.errno) from exc
-            _fsync_dir(self.root)
-            _remove_tombstone(tombstone)
-        self._sweep_tombstones(None)
-
-    def lock(self, plan_id: str) -> PlanLock:
-        folder = self.location(check_plan_id(plan_id))
-        lock = PlanLock.acquire(plan_id, folder / ".lock", prepare=lambda: self._make_folder(plan_id))
-        try:
-            self._refuse_unsafe_folders(plan_id)
-            self._refuse_unsafe_files(folder)
-        except BaseException:
-            lock.release()
-            raise
-        self._remove_stale_temps(folder)
-        self._sweep_tombstones(plan_id)
-        return lock
-
-    def _refuse_unsafe_folders(self, plan_id: str) -> None:
-        for path, what in ((self.root, "the checkpoint folder"), (self.root / plan_id, "the plan folder")):
-            try:
-                info = os.stat(path)
-            except FileNotFoundError:
-                return
-            except OSError as exc:
-                raise CheckpointCorruptError(path, _os_reason(exc)) from exc
-            _refuse_unsafe(path, info, what)
-
-    def _refuse_unsafe_files(self, folder: Path) -> None:
-        for name in os.listdir(folder):
-            path = folder / name
-            with contextlib.suppress(FileNotFoundError):
-                info = os.lstat(path)
-                if not stat.S_ISLNK(info.st_mode):  # symlinks are never followed; their mode is moot
-                    _refuse_unsafe(path, info, "the file")
-
-    def _make_folder(self, plan_id: str) -> None:
-        self._folder(plan_id, create=True)
-
-    def _sweep_tombstones(self, plan_id: str | None) -> None:
-        """Remove tombstones (of one plan, or all) that a crashed delete left behind."""
-        try:
-            names = os.listdir(self.root)
-        except OSError:
-            return
-        for name in names:
-            head, sep, suffix = name.rpartition(_DELETING)
-            owner = head[1:] if head.startswith(".") and sep else ""
-            if (owner == plan_id if plan_id is not None else _is_plan(owner)) \
-                    and _TOMBSTONE_SUFFIX.fullmatch(suffix):
-                # Nothing writes into a tombstone, so removing one another process is still
-                # removing is harmless: each side ignores what the other already unlinked.
-                with contextlib.suppress(CheckpointWriteError):
-                    _remove_tombstone(self.root / name)
-
-    def _remove_stale_temps(self, folder: Path) -> None:
-        # Only the lock holder writes, so a temp file seen under the lock is a crashed write.
-        for name in os.listdir(folder):
-            if name.startswith(".cp-") and ".tmp-" in name:
-                with contextlib.suppress(OSError):
-                    os.unlink(folder / name)
-
-    def _folder(self, plan_id: str, *, create: bool = False) -> Path:
-        check_plan_id(plan_id)
-        folder = self.root / plan_id
-        if create:
-            _make_private_dir(self.root)
-            _make_private_dir(folder)
-        elif os.path.islink(folder):
-            raise CheckpointCorruptError(folder, "plan folder is a symlink; refusing to follow it")
-        return folder
-
-
-def _is_plan(name: str) -> bool:
-    try:
-        check_plan_id(name)
-    except ValueError:
-        return False
-    return True
-
-
-def _strip_json(name: str) -> str:
-    return name[:-5] if name.endswith(".json") else name
-
-
-def _refuse_unsafe(path: Path, info: os.stat_result, what: str) -> None:
-    """Raise `UnsafeCheckpointFolderError` if someone else could have written *path*."""
-    euid = os.geteuid()
-    if info.st_uid not in (euid, 0):
-        raise UnsafeCheckpointFolderError(
-            path, f"{what} is owned by uid {info.st_uid}, not by this user (uid {euid}) or root")
-    if info.st_mode & 0o022:
-        who = {0o020: "group", 0o002: "others"}.get(info.st_mode & 0o022, "group and others")
-        raise UnsafeCheckpointFolderError(
-            path, f"{what} is writable by {who} (mode {stat.S_IMODE(info.st_mode):04o}); "
-            "run chmod go-w on it if you trust its contents")
-
-
-def _remove_tombstone(tombstone: Path) -> None:
-    try:
-        names = os.listdir(tombstone)
-    except FileNotFoundError:
-        return
-    except OSError as exc:
-        raise CheckpointWriteError(tombstone, _os_reason(exc), errno_=exc.errno) from exc
-    for name in names:
-        try:
-            os.unlink(tombstone / name)
-        except FileNotFoundError:
-            continue
-        except OSError as exc:
-            raise CheckpointWriteError(tombstone / name, _os_reason(exc), errno_=exc.errno) from exc
-    try:
-        os.rmdir(tombstone)
-    except FileNotFoundError:
-        return
-    except OSError as exc:
-        raise CheckpointWriteError(tombstone, _os_reason(exc), errno_=exc.errno) from exc
-
-
-def _make_private_dir(path: Path) -> None:
-    try:
-        os.mkdir(path, _DIR_MODE)
-    except FileExistsError:
-        try:
-            info = os.lstat(path)
-        except FileNotFoundError:
-            return  # renamed away by a delete meanwhile: opening a file in it will say so
-        if not stat.S_ISDIR(info.st_mode):
-            raise CheckpointWriteError(path, "exists but is not a plain folder") from None
-        return
-    except OSError as exc:
-        raise CheckpointWriteError(path, _os_reason(exc), errno_=exc.errno) from exc
-    try:
-        os.chmod(path, _DIR_MODE)  # whatever the umask took away
-    except FileNotFoundError:
-        return  # renamed away by a delete meanwhile (see above)
-    except OSError as exc:
-        raise CheckpointWriteError(path, _os_reason(exc), errno_=exc.errno) from exc
-    if path.parent.exists():
-        _fsync_dir(path.parent)
-
-
-def _require_regular(fd: int, path: Path) -> None:
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        raise OSError(errno.EINVAL, f"{path} is not a regular file")
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.write(fd, view)
-        view = view[written:]
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | _CLOEXEC)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError as exc:
-        # Some filesystems refuse fsync on folders; the rename is still atomic there.
-        if exc.errno not in (errno.EINVAL, errno.EBADF, errno.ENOTSUP):
-            raise
-    finally:
-        os.close(fd)
-
-
-def _os_reason(exc: OSError) -> str:
-    if exc.errno is not None:
-        return f"{os.strerror(exc.errno)} ({errno.errorcode.get(exc.errno, exc.errno)})"
-    return str(exc)
-
-
-def _describe_open_error(path: Path, exc: OSError) -> str:
-    if exc.errno == errno.ELOOP:
-        return "is a symlink; refusing to follow it"
-    if exc.errno == errno.EISDIR:
-        return "is a directory, not a file"
-    return _os_reason(exc)
+    @abstractmethod
+    async def delete_plan(self, lease: Lease) -> None:
+        """Delete everything of the lease's plan; anyone reading meanwhile sees all or nothing."""
