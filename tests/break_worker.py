@@ -137,29 +137,22 @@ async def base_exception(checkpoint_dir: Path, log: Any) -> dict[str, Any]:
 
 async def kill_in_interval_snapshot(checkpoint_dir: Path, log: Any) -> dict[str, Any]:
     """A run whose first interval snapshot SIGKILLs the process (its journal has records)."""
-    store = KillingStore(checkpoint_dir, "interval")
-    planner = MetaPlanner(planner=StaticPlanner(WIDE), handlers={"work": logging_handler(log)},
-                          persistence_manager=WorkflowPersistenceManager(store=store),
-                          checkpoint_interval=20, max_concurrency=4)
-    await planner.execute_with_resume("wide")
-    return {"survived": True}
+    return await run_wide(WorkflowPersistenceManager(store=KillingStore(checkpoint_dir, "interval")), log)
 
 
 async def kill_in_resumed_snapshot(checkpoint_dir: Path, log: Any) -> dict[str, Any]:
     """Break 5: a resumed run dies inside its first (``resumed``) snapshot."""
-    store = KillingStore(checkpoint_dir, "resumed")
-    planner = MetaPlanner(planner=StaticPlanner(WIDE), handlers={"work": logging_handler(log)},
-                          persistence_manager=WorkflowPersistenceManager(store=store),
-                          checkpoint_interval=20, max_concurrency=4)
-    await planner.execute_with_resume("wide")
-    return {"survived": True}
+    return await run_wide(WorkflowPersistenceManager(store=KillingStore(checkpoint_dir, "resumed")), log)
 
 
 async def finish(checkpoint_dir: Path, log: Any) -> dict[str, Any]:
     """Resume the wide plan to the end with no kill."""
+    return await run_wide(WorkflowPersistenceManager(checkpoint_dir), log)
+
+
+async def run_wide(manager: WorkflowPersistenceManager, log: Any) -> dict[str, Any]:
     planner = MetaPlanner(planner=StaticPlanner(WIDE), handlers={"work": logging_handler(log)},
-                          persistence_manager=WorkflowPersistenceManager(checkpoint_dir),
-                          checkpoint_interval=20, max_concurrency=4)
+                          persistence_manager=manager, checkpoint_interval=20, max_concurrency=4)
     result = await planner.execute_with_resume("wide")
     return {"status": result.status, "restored": result.nodes_restored, "run": result.nodes_run}
 

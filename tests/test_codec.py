@@ -15,11 +15,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.helpers import random_dag
+from tests.helpers import StaticPlanner, node, random_dag
 from vibe_planner import (
     Checkpoint,
     CheckpointCorruptError,
     MetaPlanner,
+    NodeContext,
     NodeStatus,
     Vibe,
     WorkflowPersistenceManager,
@@ -28,6 +29,7 @@ from vibe_planner import (
 from vibe_planner._models import MAX_JSON_DEPTH, SCHEMA_VERSION, NodeResult, ResultRecord
 from vibe_planner._state import RunState, utcnow
 from vibe_planner.persistence._codec import (
+    checkpoint_fields,
     decode_checkpoint,
     decode_journal,
     decode_resume_point,
@@ -196,8 +198,8 @@ def test_deeply_nested_outputs_decode_both_ways(tmp_path: Path) -> None:
         deep = [deep]
     for node_id in plan.order:
         state.complete(node_id, deep, attempts=1, started_at=utcnow())
-    fields = state.snapshot_fields(state.capture(), checkpoint_id="cp-00000001-0123456789ab",
-                                   sequence=1, reason="final")
+    fields = checkpoint_fields(state, state.capture(), checkpoint_id="cp-00000001-0123456789ab",
+                               sequence=1, reason="final")
     path = tmp_path / "deep" / "cp-00000001-0123456789ab.json"
     checkpoint = same_results(encode_checkpoint(fields), path)
     assert checkpoint.node_results[plan.order[0]].output == deep
@@ -532,7 +534,7 @@ def test_a_large_runs_snapshot_is_the_plain_canonical_encoding() -> None:
     for index, node_id in enumerate(plan.order):
         output = {"n": index, "text": node_id * 40} if index % 3 else [index, None, 1.5]
         state.complete(node_id, output, attempts=1, started_at=utcnow())
-    fields = state.snapshot_fields(state.capture(), checkpoint_id="cp-1", sequence=1, reason="final")
+    fields = checkpoint_fields(state, state.capture(), checkpoint_id="cp-1", sequence=1, reason="final")
     plain = fields | {"workflow_plan": plan.model_dump(mode="json"),
                       "vibe": plan.vibe.model_dump(mode="json")}
     assert encode_checkpoint(fields) == plainly_encoded(plain)
@@ -550,3 +552,30 @@ def test_property_encoding_in_pieces_is_byte_identical(
     # Unicode keys: the pieces must come in the order orjson's own key sort gives.
     fields = small | {"node_results": big, "schema_version": 1}
     assert encode_checkpoint(fields) == plainly_encoded(fields)
+
+
+# -- the fast path is pinned -------------------------------------------------------------------
+@pytest.mark.parametrize("decode", [decode_checkpoint, decode_resume_point], ids=["checkpoint", "resume"])
+def test_a_canonical_document_is_decoded_without_parsing_it_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, decode: Any
+) -> None:
+    """Bytes laid out as `encode_checkpoint` writes them are validated straight from JSON: the
+    document is never built by `orjson.loads` (half the time of a large resume). If the fast
+    path were off, the patched `orjson.loads` below would fail the decode."""
+    async def work(ctx: NodeContext) -> dict[str, Any]:
+        return {"id": ctx.node.id, "inputs": sorted(ctx.inputs)}
+
+    manager = WorkflowPersistenceManager(tmp_path / "cp")
+    planner = MetaPlanner(planner=StaticPlanner([node("a"), node("b", "a")]), handlers={"work": work},
+                          persistence_manager=manager)
+    result = anyio.run(planner.execute, "fast path")
+    path = tmp_path / "cp" / result.plan_id / f"{result.checkpoints_written[-1]}.json"
+    raw = path.read_bytes()
+
+    def no_parsing(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the slow path parsed the document")
+
+    monkeypatch.setattr(orjson, "loads", no_parsing)
+    checkpoint = decode(raw, path)
+    assert checkpoint.completed_nodes == ["a", "b"]
+    assert anyio.run(manager.get_checkpoint, result.checkpoints_written[-1]).reason == "final"

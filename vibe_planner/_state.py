@@ -20,7 +20,6 @@ import pydantic
 
 from ._exceptions import NodeOutputError
 from ._models import (
-    SCHEMA_VERSION,
     NodeResult,
     NodeStatus,
     ResultRecord,
@@ -182,40 +181,13 @@ class RunState:
         """Take a consistent view for a snapshot; cheap (a shallow copy), runs on the loop."""
         return Capture(dict(self.records), self.usage, dict(self.metadata))
 
-    def snapshot_fields(
-        self, capture: Capture, *, checkpoint_id: str, sequence: int, reason: str
-    ) -> dict[str, Any]:
-        """Return the fields of a checkpoint document for *capture* (run in a worker thread)."""
-        completed, failed, pending = [], [], []
-        for node_id in self.plan.order:
-            status = capture.records.get(node_id, {}).get("status")
-            if status == NodeStatus.COMPLETED:
-                completed.append(node_id)
-            elif status == NodeStatus.FAILED:
-                failed.append(node_id)
-            else:
-                pending.append(node_id)
-        if self._plan_json is None:
-            self._encode_plan()
-        return {
-            "schema_version": SCHEMA_VERSION,
-            "checkpoint_id": checkpoint_id,
-            "sequence": sequence,
-            "plan_id": self.plan.plan_id,
-            "run_id": self.run_id,
-            "created_at": utcnow(),
-            "reason": reason,
-            "vibe": self._vibe_json,
-            "workflow_plan": self._plan_json,
-            "completed_nodes": completed,
-            "pending_nodes": pending,
-            "failed_nodes": failed,
-            "node_results": capture.records,
-            "usage": capture.usage.model_dump(),
-            "metadata": capture.metadata,
-        }
+    def encoded_plan(self) -> tuple[orjson.Fragment, orjson.Fragment]:
+        """Return the plan and its vibe as encoded JSON, made once (in the writer thread)."""
+        if self._plan_json is None or self._vibe_json is None:
+            self._plan_json, self._vibe_json = self._encode_plan()
+        return self._plan_json, self._vibe_json
 
-    def _encode_plan(self) -> None:
+    def _encode_plan(self) -> tuple[orjson.Fragment, orjson.Fragment]:
         """Encode the plan and its vibe for snapshots, once, in the writer thread.
 
         Equal to encoding ``plan.model_dump(mode="json")``, but dumped `_NODE_SLICE` nodes at
@@ -230,8 +202,8 @@ class RunState:
             slices.append(orjson.dumps(dumped, option=_SORTED)[1:-1])
             time.sleep(0)  # releases the GIL: a waiting event loop takes it at once
         plan["nodes"] = orjson.Fragment(b"[" + b",".join(slices) + b"]")
-        self._vibe_json = orjson.Fragment(orjson.dumps(plan["vibe"], option=_SORTED))
-        self._plan_json = orjson.Fragment(orjson.dumps(plan, option=_SORTED))
+        vibe_json = orjson.Fragment(orjson.dumps(plan["vibe"], option=_SORTED))
+        return orjson.Fragment(orjson.dumps(plan, option=_SORTED)), vibe_json
 
     async def node_results(self) -> dict[str, NodeResult]:
         """Return every node's result as models (pending for nodes without a record).

@@ -26,21 +26,26 @@ import orjson
 import pydantic
 
 from .._exceptions import CheckpointCorruptError, PlanValidationError
-from .._models import SCHEMA_VERSION, Checkpoint, ResumePoint
+from .._models import SCHEMA_VERSION, Checkpoint, NodeStatus, ResultRecord, ResumePoint
+from .._state import Capture, RunState, utcnow
 
 __all__ = [
     "JournalRead",
+    "checkpoint_fields",
     "decode_checkpoint",
     "decode_resume_point",
     "decode_journal",
     "encode_checkpoint",
     "encode_journal",
     "first_error",
+    "journal_continues",
     "journal_entries",
+    "journal_results",
     "peek_summary",
 ]
 
 _SORTED = orjson.OPT_SORT_KEYS
+_RECORD = pydantic.TypeAdapter(ResultRecord)
 _Document = TypeVar("_Document", Checkpoint, ResumePoint)
 _CHECKSUM_PREFIX = "sha256:"
 _TAIL_HEAD = b',"checksum":"' + _CHECKSUM_PREFIX.encode()
@@ -50,6 +55,43 @@ _CRC_DIGITS = frozenset(b"0123456789abcdef")
 
 # Each entry upgrades a raw document from version N to N + 1. Version 1 is the first.
 _MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {}
+
+
+def checkpoint_fields(
+    state: RunState, capture: Capture, *, checkpoint_id: str, sequence: int, reason: str
+) -> dict[str, Any]:
+    """Return the fields of the checkpoint document of *capture* (run in a worker thread).
+
+    This is the document's layout, at `SCHEMA_VERSION`; `encode_checkpoint` makes its bytes.
+    Every plan node goes in exactly one of the completed, pending and failed lists.
+    """
+    completed, failed, pending = [], [], []
+    for node_id in state.plan.order:
+        status = capture.records.get(node_id, {}).get("status")
+        if status == NodeStatus.COMPLETED:
+            completed.append(node_id)
+        elif status == NodeStatus.FAILED:
+            failed.append(node_id)
+        else:
+            pending.append(node_id)
+    plan_json, vibe_json = state.encoded_plan()
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "checkpoint_id": checkpoint_id,
+        "sequence": sequence,
+        "plan_id": state.plan.plan_id,
+        "run_id": state.run_id,
+        "created_at": utcnow(),
+        "reason": reason,
+        "vibe": vibe_json,
+        "workflow_plan": plan_json,
+        "completed_nodes": completed,
+        "pending_nodes": pending,
+        "failed_nodes": failed,
+        "node_results": capture.records,
+        "usage": capture.usage.model_dump(),
+        "metadata": capture.metadata,
+    }
 
 
 def encode_checkpoint(fields: dict[str, Any]) -> bytes:
@@ -117,19 +159,24 @@ def decode_resume_point(raw: bytes, path: Path) -> ResumePoint:
 
 
 def _decode(model: type[_Document], raw: bytes, path: Path) -> _Document:
-    if _as_encoded(raw):
+    """Verify integrity once; validate the bytes (fast path) or else the parsed document."""
+    encoded = _as_encoded(raw)  # the checksum of a canonical layout, checked on the bytes
+    if encoded:
         # The bytes are exactly what `encode_checkpoint` wrote: validate them straight from
         # JSON, which skips building the parsed document (half the time of a large resume).
-        # Anything unexpected takes the slow path below, whose errors say what is wrong.
         try:
             checkpoint = model.model_validate_json(raw)
         except (pydantic.ValidationError, PlanValidationError):
-            pass
+            pass  # the slow path below says what is wrong, or copes (deep nesting)
         else:
             if checkpoint.schema_version == SCHEMA_VERSION:
                 _check_consistency(checkpoint, path)
                 return checkpoint
-    data = _parse_verified(raw, path)
+    # Not canonical (reformatted, say), an older version to migrate, deeper than pydantic's
+    # JSON parser goes, or invalid: parse it (the parse says what is wrong with a file that
+    # is not a checkpoint at all) and validate the parsed document. The checksum is not
+    # checked twice: the bytes of a canonical layout were checked above.
+    data = _parse_verified(raw, path, verified=encoded)
     try:
         checkpoint = model.model_validate(data)
     except pydantic.ValidationError as exc:
@@ -143,7 +190,7 @@ def _decode(model: type[_Document], raw: bytes, path: Path) -> _Document:
 
 def peek_summary(raw: bytes, path: Path) -> dict[str, Any]:
     """Return the summary fields of a checkpoint after integrity checks, without full validation."""
-    data = _parse_verified(raw, path)
+    data = _parse_verified(raw, path, verified=_as_encoded(raw))
     try:
         return {
             "checkpoint_id": str(data["checkpoint_id"]),
@@ -159,7 +206,8 @@ def peek_summary(raw: bytes, path: Path) -> dict[str, Any]:
         raise CheckpointCorruptError(path, f"missing or malformed field {exc}") from None
 
 
-def _parse_verified(raw: bytes, path: Path) -> dict[str, Any]:
+def _parse_verified(raw: bytes, path: Path, *, verified: bool) -> dict[str, Any]:
+    """Parse a document, check its checksum (unless *verified* on its bytes), migrate it."""
     if not raw:
         raise CheckpointCorruptError(path, "empty file")
     try:
@@ -180,7 +228,7 @@ def _parse_verified(raw: bytes, path: Path) -> dict[str, Any]:
     checksum = data.pop("checksum", None)
     if not isinstance(checksum, str) or not checksum.startswith(_CHECKSUM_PREFIX):
         raise CheckpointCorruptError(path, "missing or malformed checksum")
-    if not _as_encoded(raw):
+    if not verified:
         # Not laid out as `encode_checkpoint` writes it (reformatted, say): the checksum is
         # then checked against the canonical encoding of what was parsed.
         actual = _CHECKSUM_PREFIX + hashlib.sha256(orjson.dumps(data, option=_SORTED)).hexdigest()
@@ -318,3 +366,29 @@ def _decode_line(line: bytes) -> dict[str, Any] | None:
     except (ValueError, orjson.JSONDecodeError):
         return None
     return record if isinstance(record, dict) else None
+
+
+def journal_continues(journal: JournalRead, run_id: str, checkpoint_id: str) -> bool:
+    """Whether *journal* (of run *run_id*) says it continues the checkpoint *checkpoint_id*."""
+    header = journal.header
+    return header is not None and header.get("run") == run_id and header.get("resumed_from") == checkpoint_id
+
+
+def journal_results(
+    journal: JournalRead, run_id: str, known: set[str], path: Path
+) -> list[ResultRecord]:
+    """Validate the result records of a journal of run *run_id* (`CheckpointCorruptError` if bad)."""
+    records = []
+    for entry in journal.records:
+        record = entry.get("result")
+        if entry.get("run") != run_id or not isinstance(record, dict):
+            raise CheckpointCorruptError(path, "journal record of another run or without result")
+        node_id = record.get("node_id")
+        if node_id not in known or record.get("status") != "completed":
+            raise CheckpointCorruptError(path, f"journal record for unknown node {node_id!r}")
+        try:
+            records.append(_RECORD.validate_python(record))
+        except pydantic.ValidationError as exc:
+            where = f"journal record of node {node_id!r}"
+            raise CheckpointCorruptError(path, f"{where}: {first_error(exc)}") from None
+    return records

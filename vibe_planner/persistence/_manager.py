@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 import anyio
-import pydantic
 
 from .._exceptions import (
     CheckpointCorruptError,
@@ -40,8 +39,9 @@ from ._codec import (
     decode_journal,
     decode_resume_point,
     encode_journal,
-    first_error,
+    journal_continues,
     journal_entries,
+    journal_results,
     peek_summary,
 )
 from ._file_store import FileCheckpointStore
@@ -50,7 +50,6 @@ from ._store import CheckpointStore, Latest, Lease, SnapshotWrite, Stored, Write
 __all__ = ["Restored", "WorkflowPersistenceManager", "journal_name"]
 
 _Document = TypeVar("_Document", Checkpoint, ResumePoint)
-_RECORD = pydantic.TypeAdapter(ResultRecord)
 _UNREADABLE: dict[str, Any] = {}
 """Stands for the header of a journal that could not be read (retention keeps it)."""
 
@@ -490,11 +489,13 @@ class WorkflowPersistenceManager:
             if item.error is not None:
                 raise item.error
             journal = item.value
-            if journal is None or (run != own and not _continues(journal, run, checkpoint.checkpoint_id)):
+            if journal is None:
+                continue
+            if run != own and not journal_continues(journal, run, checkpoint.checkpoint_id):
                 continue
             name = journal_name(run)
             path = Path(self.store.describe(plan_id, name))
-            for record in _journal_records(journal, run, known, path):
+            for record in journal_results(journal, run, known, path):
                 if record["node_id"] not in seen:
                     seen.add(record["node_id"])
                     records.append(record)
@@ -563,29 +564,3 @@ def _corrupt(item: Stored[Any]) -> list[CheckpointCorruptError]:
     if item.error is not None:
         raise item.error
     return []
-
-
-def _continues(journal: JournalRead, run_id: str, checkpoint_id: str) -> bool:
-    """Whether *journal* (of run *run_id*) says it continues the checkpoint *checkpoint_id*."""
-    header = journal.header
-    return header is not None and header.get("run") == run_id and header.get("resumed_from") == checkpoint_id
-
-
-def _journal_records(
-    journal: JournalRead, run_id: str, known: set[str], path: Path
-) -> list[ResultRecord]:
-    """Validate the result records of a journal of run *run_id* (`CheckpointCorruptError` if bad)."""
-    records = []
-    for entry in journal.records:
-        record = entry.get("result")
-        if entry.get("run") != run_id or not isinstance(record, dict):
-            raise CheckpointCorruptError(path, "journal record of another run or without result")
-        node_id = record.get("node_id")
-        if node_id not in known or record.get("status") != "completed":
-            raise CheckpointCorruptError(path, f"journal record for unknown node {node_id!r}")
-        try:
-            records.append(_RECORD.validate_python(record))
-        except pydantic.ValidationError as exc:
-            where = f"journal record of node {node_id!r}"
-            raise CheckpointCorruptError(path, f"{where}: {first_error(exc)}") from None
-    return records

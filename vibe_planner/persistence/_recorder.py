@@ -29,7 +29,7 @@ import anyio.lowlevel
 
 from .._models import CheckpointReason
 from .._state import Capture, Record, RunState
-from ._codec import encode_checkpoint
+from ._codec import checkpoint_fields, encode_checkpoint
 from ._manager import WorkflowPersistenceManager
 
 __all__ = ["Durability", "RunRecorder", "open_recorder"]
@@ -211,8 +211,8 @@ class RunRecorder:
         if capture is not None and reason is not None:
 
             def encode(checkpoint_id: str, sequence: int) -> bytes:  # called off the loop
-                fields = state.snapshot_fields(
-                    capture, checkpoint_id=checkpoint_id, sequence=sequence, reason=reason
+                fields = checkpoint_fields(
+                    state, capture, checkpoint_id=checkpoint_id, sequence=sequence, reason=reason
                 )
                 return encode_checkpoint(fields)
 
