@@ -24,6 +24,7 @@ from ._exceptions import PlanningError as PlanningError
 from ._exceptions import PlanValidationError as PlanValidationError
 from ._exceptions import UnsafeCheckpointFolderError as UnsafeCheckpointFolderError
 from ._exceptions import VibePlannerError as VibePlannerError
+from ._metaplanner import MetaPlanner as MetaPlanner
 from ._models import Checkpoint as Checkpoint
 from ._models import CheckpointInfo as CheckpointInfo
 from ._models import ErrorInfo as ErrorInfo
@@ -34,12 +35,10 @@ from ._models import TokenUsage as TokenUsage
 from ._models import Vibe as Vibe
 from ._models import WorkflowNode as WorkflowNode
 from ._models import WorkflowPlan as WorkflowPlan
-from ._planner import MetaPlanner as MetaPlanner
 from .execution._context import Handler as Handler
 from .execution._context import NodeContext as NodeContext
 from .execution._context import RetryPolicy as RetryPolicy
 from .llm import LLMConfig as LLMConfig
-from .llm import LLMPlanner as LLMPlanner
 from .llm import LLMRequestError as LLMRequestError
 from .persistence._file_store import FileCheckpointStore as FileCheckpointStore
 from .persistence._manager import WorkflowPersistenceManager as WorkflowPersistenceManager
@@ -51,6 +50,7 @@ from .persistence._store import Lease as Lease
 from .persistence._store import SnapshotWrite as SnapshotWrite
 from .persistence._store import Stored as Stored
 from .persistence._store import WriteBatch as WriteBatch
+from .planning import LLMPlanner as LLMPlanner
 from .planning import OfflinePlanner as OfflinePlanner
 from .planning import Planner as Planner
 

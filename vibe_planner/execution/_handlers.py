@@ -1,25 +1,16 @@
-"""Built-in node handlers that need no network: the offline ``llm`` stand-in and ``noop``."""
+"""Built-in node handlers that need no network: ``noop``, and the offline ``llm`` stand-in.
+
+The offline ``llm`` handler lives beside the offline planner (`vibe_planner.planning`).
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
+from ..planning._offline import offline_llm_handler
 from ._context import Handler, NodeContext
 
-__all__ = ["default_handlers", "noop_handler", "offline_llm_handler"]
-
-
-async def offline_llm_handler(context: NodeContext) -> str:
-    """Stand in for an LLM: a deterministic text from the node's instructions and inputs.
-
-    Nodes with ``parameters["combine"]`` join their inputs (in dependency order) after it.
-    """
-    node = context.node
-    text = f"[offline:{node.id}] {node.instructions}".rstrip()
-    if node.parameters.get("combine"):
-        parts = [str(context.inputs[dep]) for dep in node.depends_on]
-        text = "\n\n".join([text, *parts])
-    return text
+__all__ = ["default_handlers", "noop_handler"]
 
 
 async def noop_handler(context: NodeContext) -> Any:

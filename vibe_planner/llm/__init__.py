@@ -1,9 +1,11 @@
-"""LLM planning and the ``llm`` node handler over any OpenAI-compatible endpoint."""
+"""The ``llm`` node handler and its session over any OpenAI-compatible endpoint.
+
+The LLM *planner* lives with the other planners, in `vibe_planner.planning`.
+"""
 
 from ._config import LLMConfig as LLMConfig
 from ._handler import LLMNodeHandler as LLMNodeHandler
-from ._planner import LLMPlanner as LLMPlanner
 from ._session import LLMRequestError as LLMRequestError
 from ._session import LLMSession as LLMSession
 
-__all__ = ["LLMConfig", "LLMNodeHandler", "LLMPlanner", "LLMRequestError", "LLMSession"]
+__all__ = ["LLMConfig", "LLMNodeHandler", "LLMRequestError", "LLMSession"]

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from .._models import Vibe, WorkflowNode, WorkflowPlan
+from ..execution._context import NodeContext
 
-__all__ = ["OfflinePlanner"]
+__all__ = ["OfflinePlanner", "offline_llm_handler"]
 
 
 class OfflinePlanner:
@@ -57,3 +58,16 @@ class OfflinePlanner:
                          instructions="Polish the draft into the final deliverable."),
         ]
         return WorkflowPlan(plan_id=vibe.default_plan_id(), vibe=vibe, nodes=nodes, planner=self.name)
+
+
+async def offline_llm_handler(context: NodeContext) -> str:
+    """Stand in for an LLM: a deterministic text from the node's instructions and inputs.
+
+    Nodes with ``parameters["combine"]`` join their inputs (in dependency order) after it.
+    """
+    node = context.node
+    text = f"[offline:{node.id}] {node.instructions}".rstrip()
+    if node.parameters.get("combine"):
+        parts = [str(context.inputs[dep]) for dep in node.depends_on]
+        text = "\n\n".join([text, *parts])
+    return text

@@ -12,8 +12,8 @@ import pydantic
 
 from .._exceptions import PlanningError, PlanValidationError
 from .._models import TokenUsage, Vibe, WorkflowPlan
-from ._config import LLMConfig, StructuredOutput
-from ._session import LLMRequestError, LLMSession, RateLimiter
+from ..llm._config import LLMConfig, StructuredOutput
+from ..llm._session import LLMRequestError, LLMSession, RateLimiter
 
 __all__ = ["LLMPlanner", "plan_reply_schema"]
 

@@ -34,15 +34,16 @@ from ._models import (
 from ._redact import Redactor
 from ._state import RunState, as_record, as_results
 from .execution._context import Handler, RetryPolicy
-from .execution._handlers import default_handlers, offline_llm_handler
+from .execution._handlers import default_handlers
 from .execution._run import Run, RunSettings
 from .execution._scheduler import check_handlers
-from .llm import LLMConfig, LLMNodeHandler, LLMPlanner, LLMSession
+from .llm import LLMConfig, LLMNodeHandler, LLMSession
 from .llm._session import RateLimiter
 from .persistence._manager import Restored, WorkflowPersistenceManager
 from .persistence._recorder import Durability, open_recorder
 from .persistence._store import Lease
-from .planning import OfflinePlanner, Planner
+from .planning import LLMPlanner, OfflinePlanner, Planner
+from .planning._offline import offline_llm_handler
 
 __all__ = ["MetaPlanner", "VibeLike"]
 
