@@ -350,3 +350,21 @@ async def test_a_200_node_plan_does_not_turn_429s_into_a_storm(server: FakeOpenA
     assert result.status == "completed"
     assert 1 <= refused[0] <= 8  # at most the requests in flight when the first 429 came back
     assert len(node_requests(server)) == 200 + refused[0]
+
+
+async def test_an_llm_handler_set_after_construction_is_the_one_that_runs(
+    server: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    # Nothing derived at construction goes stale: replacing the built-in "llm" handler later
+    # takes the LLM out of the node runs (planning still uses it).
+    server.on(is_planner, plan_json(CHAIN))
+    planner = planner_for(server, tmp_path)
+
+    async def local(context: Any) -> str:
+        return f"local {context.node.id}"
+
+    planner.handlers["llm"] = local
+    result = await planner.execute("stale handlers")
+    assert result.status == "completed" and result.outputs == {"final": "local final"}
+    assert len(server.chat_requests()) == 1  # the plan only
+    assert not result.offline

@@ -103,14 +103,14 @@ class MetaPlanner:
             raise ValueError(f"max_concurrency must be >= 1, got {max_concurrency}")
         if durability not in ("journal", "interval", "none"):
             raise ValueError(f"durability must be 'journal', 'interval' or 'none', got {durability!r}")
-        self.llm: LLMConfig | None = LLMConfig.from_env() if llm is None else (llm or None)
-        self._redactor = Redactor([self.llm.api_key] if self.llm else [])
+        self._llm: LLMConfig | None = LLMConfig.from_env() if llm is None else (llm or None)
+        self._redactor = Redactor([self._llm.api_key] if self._llm else [])
         self.handlers: dict[str, Handler] = {**default_handlers(), **(handlers or {})}
-        # The LLM handler needs a client per run; "llm" stays offline only without an LLM.
-        self._llm_nodes = self.llm is not None and "llm" not in (handlers or {})
-        self._rate_limiter = RateLimiter(self.llm.requests_per_minute if self.llm else None)
+        """Node handlers by kind. The built-in ``llm`` handler stands for "the configured LLM,
+        else the offline stand-in"; replace it (here or later) and your handler runs instead."""
+        self._rate_limiter = RateLimiter(self._llm.requests_per_minute if self._llm else None)
         if planner is None:
-            planner = (LLMPlanner(self.llm, self.handlers, self._rate_limiter) if self.llm
+            planner = (LLMPlanner(self._llm, self.handlers, self._rate_limiter) if self._llm
                        else OfflinePlanner())
         self.planner: Planner = planner
         self.persistence_manager = persistence_manager or WorkflowPersistenceManager()
@@ -124,13 +124,26 @@ class MetaPlanner:
         self._subscribers: list[MemoryObjectSendStream[ProgressEvent]] = []
 
     @property
+    def llm(self) -> LLMConfig | None:
+        """The LLM endpoint in use (``None``: offline); fixed at construction, like the planner."""
+        return self._llm
+
+    @property
     def offline(self) -> bool:
-        """True when planning uses the embedded offline planner."""
+        """True when planning uses the embedded offline planner (no LLM, no custom planner)."""
         return isinstance(self.planner, OfflinePlanner)
 
+    def _llm_session_needed(self) -> bool:
+        """Whether ``llm`` nodes go to the configured LLM (the built-in handler, an LLM set)."""
+        return self._llm is not None and self.handlers.get("llm") is offline_llm_handler
+
     def _ran_offline(self, plan: WorkflowPlan) -> bool:
-        """Whether a run of *plan* used an offline stand-in (planner or ``llm`` handler)."""
-        offline_llm = not self._llm_nodes and self.handlers.get("llm") is offline_llm_handler
+        """Whether a run of *plan* used an offline stand-in (what results call "offline").
+
+        That is: it was planned by the offline planner, or its ``llm`` nodes are run by the
+        built-in handler with no LLM configured.
+        """
+        offline_llm = self._llm is None and self.handlers.get("llm") is offline_llm_handler
         return plan.planner == OfflinePlanner.name or (
             offline_llm and any(node.kind == "llm" for node in plan.nodes))
 
@@ -314,7 +327,7 @@ class MetaPlanner:
                            restored.journal_problem)
         done = not checkpoint.pending_nodes and not checkpoint.failed_nodes
         if done and not restored.journal_records:
-            return _stored_result(checkpoint)
+            return _stored_result(checkpoint, offline=self._ran_offline(checkpoint.workflow_plan))
         check_handlers(checkpoint.workflow_plan.nodes, self.handlers)
         completed = [r for r in checkpoint.node_results.values() if r["status"] == NodeStatus.COMPLETED]
         state = RunState.restored(
@@ -326,10 +339,10 @@ class MetaPlanner:
     async def _run(
         self, state: RunState, resumed_from: str | None, *, from_latest: bool = True
     ) -> ExecutionResult:
-        if not self._llm_nodes or not any(n.kind == "llm" for n in state.plan.nodes):
+        if not self._llm_session_needed() or not any(n.kind == "llm" for n in state.plan.nodes):
             return await self._run_with(state, resumed_from, self.handlers, from_latest)
-        assert self.llm is not None
-        async with LLMSession(self.llm, self._rate_limiter) as session:
+        assert self._llm is not None
+        async with LLMSession(self._llm, self._rate_limiter) as session:
             handlers: dict[str, Handler] = {**self.handlers, "llm": LLMNodeHandler(session)}
             return await self._run_with(state, resumed_from, handlers, from_latest)
 
@@ -402,7 +415,7 @@ def _new_run_id() -> str:
     return secrets.token_hex(8)
 
 
-def _stored_result(checkpoint: ResumePoint) -> ExecutionResult:
+def _stored_result(checkpoint: ResumePoint, *, offline: bool) -> ExecutionResult:
     plan = checkpoint.workflow_plan
     results = as_results(checkpoint.node_results)
     outputs = {k: results[k].output for k in plan.sinks()}
@@ -410,5 +423,5 @@ def _stored_result(checkpoint: ResumePoint) -> ExecutionResult:
         plan_id=checkpoint.plan_id, run_id=checkpoint.run_id, status="completed", plan=plan,
         node_results=results, outputs=outputs, resumed_from=checkpoint.checkpoint_id,
         nodes_restored=len(checkpoint.completed_nodes), usage=checkpoint.usage,
-        offline=plan.planner == OfflinePlanner.name,
+        offline=offline,
     )
