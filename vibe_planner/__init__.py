@@ -22,6 +22,7 @@ from ._exceptions import NodeOutputError as NodeOutputError
 from ._exceptions import PlanLockedError as PlanLockedError
 from ._exceptions import PlanningError as PlanningError
 from ._exceptions import PlanValidationError as PlanValidationError
+from ._exceptions import StrayCancellationError as StrayCancellationError
 from ._exceptions import UnsafeCheckpointFolderError as UnsafeCheckpointFolderError
 from ._exceptions import VibePlannerError as VibePlannerError
 from ._metaplanner import MetaPlanner as MetaPlanner
@@ -102,6 +103,7 @@ __all__ = [
     "RunFinished",
     "SnapshotWrite",
     "Stored",
+    "StrayCancellationError",
     "TokenUsage",
     "UnsafeCheckpointFolderError",
     "Vibe",

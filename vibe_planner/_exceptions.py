@@ -8,6 +8,7 @@ VibePlannerError
 ├── PlanValidationError           (also ValueError)  a plan that is not a valid DAG
 ├── PlanningError                                    the planner could not produce a valid plan
 ├── NodeError                                       raised by node handlers to steer retries
+│   └── StrayCancellationError                      a handler let out a stray cancellation
 ├── NodeOutputError               (also TypeError)   a node returned something that is not JSON
 ├── PlanLockedError                                  another process is running this plan
 └── CheckpointError
@@ -42,6 +43,7 @@ __all__ = [
     "PlanLockedError",
     "PlanValidationError",
     "PlanningError",
+    "StrayCancellationError",
     "UnsafeCheckpointFolderError",
     "VibePlannerError",
 ]
@@ -153,6 +155,17 @@ class NodeError(VibePlannerError):
         self.retryable = retryable
         self.retry_after = retry_after
         super().__init__(message)
+
+
+class StrayCancellationError(NodeError):
+    """A handler let out a cancellation although nothing cancelled the run.
+
+    Typically it awaited a task it had cancelled itself. The node fails with this error
+    (retried like any other failure) instead of the run looking complete without it.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, retryable=True)
 
 
 class NodeOutputError(VibePlannerError, TypeError):

@@ -35,7 +35,7 @@ from .._events import (
     NodeStarted,
     ProgressEvent,
 )
-from .._exceptions import PlanValidationError
+from .._exceptions import PlanValidationError, StrayCancellationError
 from .._models import CheckpointReason, NodeStatus, RunStatus, WorkflowNode
 from .._redact import Redactor
 from .._state import Record, RunState, utcnow
@@ -357,10 +357,6 @@ def check_handlers(nodes: list[WorkflowNode], handlers: Mapping[str, Handler]) -
             [f"no handler for node kind(s) {kinds} (registered: {sorted(handlers)}); nodes: {missing[:10]}"],
             missing,
         )
-
-
-class StrayCancellationError(Exception):
-    """A handler raised a cancellation exception although nothing cancelled the run."""
 
 
 def _run_cancelled() -> bool:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import zlib
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Container, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -38,6 +38,7 @@ __all__ = [
     "encode_checkpoint",
     "encode_journal",
     "first_error",
+    "header_continues",
     "journal_continues",
     "journal_entries",
     "journal_results",
@@ -370,8 +371,12 @@ def _decode_line(line: bytes) -> dict[str, Any] | None:
 
 def journal_continues(journal: JournalRead, run_id: str, checkpoint_id: str) -> bool:
     """Whether *journal* (of run *run_id*) says it continues the checkpoint *checkpoint_id*."""
-    header = journal.header
-    return header is not None and header.get("run") == run_id and header.get("resumed_from") == checkpoint_id
+    return header_continues(journal.header, run_id, {checkpoint_id})
+
+
+def header_continues(header: dict[str, Any] | None, run_id: str, checkpoint_ids: Container[str]) -> bool:
+    """Whether a journal header (of run *run_id*) names one of *checkpoint_ids* as continued."""
+    return header is not None and header.get("run") == run_id and header.get("resumed_from") in checkpoint_ids
 
 
 def journal_results(

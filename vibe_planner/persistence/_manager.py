@@ -39,6 +39,7 @@ from ._codec import (
     decode_journal,
     decode_resume_point,
     encode_journal,
+    header_continues,
     journal_continues,
     journal_entries,
     journal_results,
@@ -398,8 +399,7 @@ class WorkflowPersistenceManager:
         kept_ids = set(kept)
         return [run for run, header in journals.items()
                 if run not in live_runs and header is not _UNREADABLE
-                and not (header is not None and header.get("run") == run
-                         and header.get("resumed_from") in kept_ids)]
+                and not header_continues(header, run, kept_ids)]
 
     async def _learn_run(self, plan_id: str, checkpoint_id: str) -> str | None:
         """Read a checkpoint's run id (``None`` if it is unreadable or gone)."""
