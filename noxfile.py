@@ -19,6 +19,8 @@ def tests(session: nox.Session) -> None:
     pip = f"{venv}/bin/pip"
     session.run(pip, "install", "-q", "--upgrade", "pip", external=True)
     session.run(pip, "install", "-q", "-e", ".[test]", external=True)
+    # Servers and browsers the tests drive (PostgreSQL, Chromium) come from Debian's packages.
+    session.run("bash", "scripts/system-deps.sh", external=True)
     session.run(f"{venv}/bin/python", "-m", "pytest", *session.posargs, external=True)
 
 
