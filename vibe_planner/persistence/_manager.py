@@ -33,11 +33,11 @@ from .._exceptions import (
 )
 from .._ids import check_checkpoint_id, check_plan_id, checkpoint_sequence
 from .._models import Checkpoint, CheckpointInfo, ResultRecord, ResumePoint
+from ._chain import BASE_RATIO, Link, decode_any
+from ._chain_reader import chain_tips, kept_by_chains, read_chain
 from ._codec import (
     JournalRead,
-    decode_checkpoint,
     decode_journal,
-    decode_resume_point,
     encode_journal,
     header_continues,
     journal_continues,
@@ -45,6 +45,7 @@ from ._codec import (
     journal_results,
     peek_summary,
 )
+from ._compression import Compression, compressor
 from ._file_store import FileCheckpointStore
 from ._store import CheckpointStore, Latest, Lease, SnapshotWrite, Stored, WriteBatch, journal_name
 
@@ -122,6 +123,11 @@ class WorkflowPersistenceManager:
         keep_last: If set, after each checkpoint write only the newest *keep_last* checkpoints
             of that plan are kept (and journals no kept checkpoint refers to are removed).
         store: Where checkpoints live; defaults to a `FileCheckpointStore` of *checkpoint_dir*.
+        compression: ``"gzip"`` or ``"zstd"`` to compress checkpoint documents (see
+            `Compression`); off by default. Any manager reads any mix of them.
+        base_ratio: A run's snapshot is a full *base* once the deltas written since the last
+            base add up to this many times its size (3 by default); ``0`` makes every snapshot
+            a base. See docs/checkpoints.md, "File format".
 
     Example:
         >>> manager = WorkflowPersistenceManager(checkpoint_dir=".vibe_checkpoints", keep_last=10)
@@ -134,14 +140,22 @@ class WorkflowPersistenceManager:
         *,
         keep_last: int | None = None,
         store: CheckpointStore | None = None,
+        compression: Compression | None = None,
+        base_ratio: float = BASE_RATIO,
     ) -> None:
         if keep_last is not None and keep_last < 1:
             raise ValueError(f"keep_last must be at least 1, got {keep_last}")
+        if not base_ratio >= 0:
+            raise ValueError(f"base_ratio must be 0 or more, got {base_ratio}")
         self.store: CheckpointStore = store or FileCheckpointStore(checkpoint_dir)
         self.keep_last = keep_last
+        self._compress = compressor(compression)  # ValueError now if it cannot be done
+        self.compression = compression
+        self.base_ratio = base_ratio
         # Run ids of checkpoints seen lately (retention needs them): a bounded cache, not a
         # record of every checkpoint this manager ever touched.
         self._run_of = _RunIds()
+        self._base_of = _RunIds()  # checkpoint id -> its chain's base (itself for a base)
         self._held: dict[str, _Held] = {}
 
     def __repr__(self) -> str:
@@ -181,7 +195,7 @@ class WorkflowPersistenceManager:
         """Load and verify one checkpoint by id, whatever plan it belongs to."""
         check_checkpoint_id(checkpoint_id)
         plan_id = await self._find_plan(checkpoint_id)
-        return await self._read(plan_id, checkpoint_id, decode_checkpoint)
+        return await self._read(plan_id, checkpoint_id, Checkpoint)
 
     async def latest(self, plan_id: str) -> Checkpoint | None:
         """Return the newest checkpoint of a plan, or ``None`` if it has none.
@@ -190,9 +204,11 @@ class WorkflowPersistenceManager:
         consulted: falling back silently would resume from the wrong place).
         """
         check_plan_id(plan_id)
-        found: Latest[Checkpoint, Any] | None = await self.store.read_latest(
-            plan_id, self._parser(plan_id, decode_checkpoint))
-        return None if found is None else found.checkpoint
+        found: Latest[Checkpoint | Link, Any] | None = await self.store.read_latest(
+            plan_id, self._parser(plan_id, Checkpoint))
+        if found is None:
+            return None
+        return await self._whole(Checkpoint, plan_id, found.checkpoint)
 
     async def restore(
         self, plan_id: str, checkpoint_id: str | None = None
@@ -202,13 +218,13 @@ class WorkflowPersistenceManager:
         Without *checkpoint_id* this is the latest checkpoint plus its run's journal; with
         one, exactly that checkpoint (journal records may postdate it, so none are applied).
         """
-        return await self._restore(decode_checkpoint, plan_id, checkpoint_id)
+        return await self._restore(Checkpoint, plan_id, checkpoint_id)
 
     async def resume_point(
         self, plan_id: str, checkpoint_id: str | None = None
     ) -> Restored[ResumePoint] | None:
         """Like `restore`, with node results kept as records (what `MetaPlanner` resumes from)."""
-        return await self._restore(decode_resume_point, plan_id, checkpoint_id)
+        return await self._restore(ResumePoint, plan_id, checkpoint_id)
 
     async def verify(self, plan_id: str | None = None) -> list[CheckpointCorruptError]:
         """Check every checkpoint and journal (of one plan or all); return the problems found.
@@ -219,9 +235,20 @@ class WorkflowPersistenceManager:
             check_plan_id(plan_id)
         problems: list[CheckpointCorruptError] = []
         for plan in [plan_id] if plan_id is not None else await self.store.plan_ids():
-            parse = self._parser(plan, decode_checkpoint)
+            parse = self._parser(plan, Checkpoint)
+            links = []
             for item in await self.store.read_checkpoints(plan, parse):
                 problems.extend(_corrupt(item))
+                if isinstance(item.value, Link):
+                    links.append(item.value)
+            seen = {(p.path, p.reason) for p in problems}
+            for tip in chain_tips(links):  # reading the last delta of a chain checks all of it
+                try:
+                    await read_chain(self.store, Checkpoint, plan, tip)
+                except CheckpointCorruptError as exc:
+                    if (exc.path, exc.reason) not in seen:
+                        seen.add((exc.path, exc.reason))
+                        problems.append(exc)
             for journal in await self.store.read_journals(plan, _decode_journal):
                 problems.extend(_corrupt(journal))
                 if journal.value is not None and journal.value.problem is not None:
@@ -243,7 +270,7 @@ class WorkflowPersistenceManager:
         if keep_last < 1:
             raise ValueError(f"keep_last must be at least 1, got {keep_last}")
         ids = sorted(await self.store.checkpoint_ids(plan_id), key=checkpoint_sequence, reverse=True)
-        doomed, kept = ids[keep_last:], ids[:keep_last]
+        doomed, kept = await self._chains_kept(plan_id, ids[keep_last:], ids[:keep_last])
         for checkpoint_id in doomed:
             self._run_of.pop(checkpoint_id, None)
         journals = await self._journal_headers(plan_id)
@@ -309,6 +336,7 @@ class WorkflowPersistenceManager:
         resumed_from: str | None = None,
         snapshot: Callable[[str, int], bytes] | None = None,
         truncate_journal: bool = False,
+        base: str | None = None,
     ) -> str | None:
         """Write one batch for a plan whose lease this manager holds; return the snapshot's id.
 
@@ -316,7 +344,8 @@ class WorkflowPersistenceManager:
         *resumed_from*, if given), then the snapshot ``snapshot(checkpoint_id, sequence)`` is
         written, then (if *truncate_journal*) the journal is emptied, then what ``keep_last``
         no longer keeps is deleted. The id and sequence are allocated here, on the loop; the
-        encoding runs off it, in the store's one thread hop (or transaction).
+        encoding runs off it, in the store's one thread hop (or transaction). *base* is the
+        base of the snapshot's chain (``None``: the snapshot is a base).
         """
         held = self._held.get(plan_id)
         if held is None:
@@ -326,7 +355,8 @@ class WorkflowPersistenceManager:
         if snapshot is not None:
             sequence, held.next_sequence = held.next_sequence, held.next_sequence + 1
             checkpoint_id = f"cp-{sequence:08d}-{secrets.token_hex(6)}"
-            write = SnapshotWrite(checkpoint_id, _bind(snapshot, checkpoint_id, sequence))
+            write = SnapshotWrite(checkpoint_id, _bind(snapshot, checkpoint_id, sequence, self._compress))
+            self._base_of[checkpoint_id] = base or checkpoint_id
         doomed, dead = await self._retention(held, run_id, checkpoint_id)
         batch = WriteBatch(
             run_id, journal=_journal_bytes(run_id, records, resumed_from) if records else b"",
@@ -366,14 +396,31 @@ class WorkflowPersistenceManager:
             return [], []
         plan_id = held.lease.plan_id
         ids = sorted({*held.checkpoints, checkpoint_id}, key=checkpoint_sequence, reverse=True)
-        doomed, kept = ids[self.keep_last :], ids[: self.keep_last]
         self._run_of[checkpoint_id] = run_id
+        doomed, kept = await self._chains_kept(plan_id, ids[self.keep_last :], ids[: self.keep_last])
         if held.journals is None:
             held.journals = await self._journal_headers(plan_id)
         journals = dict(held.journals)
         if run_id not in journals and run_id in held.runs:
             journals[run_id] = None
         return doomed, await self._dead_journals(plan_id, kept, journals)
+
+    async def _chains_kept(
+        self, plan_id: str, doomed: list[str], kept: list[str]
+    ) -> tuple[list[str], list[str]]:
+        """Move from *doomed* to *kept* every checkpoint a kept delta's chain needs."""
+        if not doomed:
+            return doomed, kept
+        bases: dict[str, str | None] = {}
+        for checkpoint_id in kept:
+            if checkpoint_id not in self._base_of:
+                await self._learn_run(plan_id, checkpoint_id)
+            bases[checkpoint_id] = self._base_of.get(checkpoint_id)
+        free = kept_by_chains(doomed, bases)
+        if free is None:
+            return [], kept + doomed  # a kept checkpoint is unreadable: its chain is unknown
+        needed = [i for i in doomed if i not in set(free)]
+        return free, kept + needed
 
     async def _journal_headers(self, plan_id: str) -> dict[str, dict[str, Any] | None]:
         """Return the header of every journal of a plan (`_UNREADABLE` for a damaged one)."""
@@ -410,6 +457,7 @@ class WorkflowPersistenceManager:
         except (CheckpointNotFoundError, CheckpointCorruptError, UnsafeCheckpointFolderError):
             return None
         self._run_of[checkpoint_id] = summary["run_id"]
+        self._base_of[checkpoint_id] = summary["base"]
         return str(summary["run_id"])
 
     def _forget(self, plan_id: str, checkpoint_ids: Iterable[str], run_ids: Iterable[str]) -> None:
@@ -417,6 +465,7 @@ class WorkflowPersistenceManager:
         held = self._held.get(plan_id)
         for checkpoint_id in checkpoint_ids:
             self._run_of.pop(checkpoint_id, None)
+            self._base_of.pop(checkpoint_id, None)
             if held is not None:
                 held.checkpoints.discard(checkpoint_id)
         if held is not None and held.journals is not None:
@@ -427,23 +476,38 @@ class WorkflowPersistenceManager:
     def _path(self, plan_id: str, checkpoint_id: str) -> Path:
         return Path(self.store.describe(plan_id, checkpoint_id + ".json"))
 
-    def _parser(
-        self, plan_id: str, decode: Callable[[bytes, Path], _Document]
-    ) -> Callable[[str, bytes], _Document]:
-        """Return ``parse(checkpoint_id, raw)`` for the store; it also learns the run id."""
+    def _parser(self, plan_id: str, model: type[_Document]) -> Callable[[str, bytes], _Document | Link]:
+        """Return ``parse(checkpoint_id, raw)`` for the store; it also learns the run and base.
 
-        def parse(checkpoint_id: str, raw: bytes) -> _Document:
-            checkpoint = decode(raw, self._path(plan_id, checkpoint_id))
-            self._run_of[checkpoint_id] = checkpoint.run_id
-            return checkpoint
+        A base is decoded as *model*; a delta comes back as a `Link`, for `_whole`.
+        """
+
+        def parse(checkpoint_id: str, raw: bytes) -> _Document | Link:
+            found = decode_any(model, raw, self._path(plan_id, checkpoint_id))
+            if isinstance(found, Link):
+                self._run_of[checkpoint_id] = str(found.data["run_id"])
+                self._base_of[checkpoint_id] = found.base
+            else:
+                self._run_of[checkpoint_id] = found.run_id
+                self._base_of[checkpoint_id] = checkpoint_id
+            return found
 
         return parse
 
-    async def _read(
-        self, plan_id: str, checkpoint_id: str, decode: Callable[[bytes, Path], _Document]
+    async def _whole(
+        self, model: type[_Document], plan_id: str, found: _Document | Link,
+        journals: list[Stored[JournalRead]] | None = None,
     ) -> _Document:
-        parse = self._parser(plan_id, decode)
-        return await self.store.read_checkpoint(plan_id, checkpoint_id, lambda raw: parse(checkpoint_id, raw))
+        """Return a base as it is, and a delta as the state its chain adds up to."""
+        if isinstance(found, Link):
+            return await read_chain(self.store, model, plan_id, found, journals)
+        return found
+
+    async def _read(self, plan_id: str, checkpoint_id: str, model: type[_Document]) -> _Document:
+        parse = self._parser(plan_id, model)
+        found = await self.store.read_checkpoint(
+            plan_id, checkpoint_id, lambda raw: parse(checkpoint_id, raw))
+        return await self._whole(model, plan_id, found)
 
     async def _find_plan(self, checkpoint_id: str) -> str:
         found = await self.store.find_plans(checkpoint_id)
@@ -454,18 +518,19 @@ class WorkflowPersistenceManager:
         return found[0]
 
     async def _restore(
-        self, decode: Callable[[bytes, Path], _Document], plan_id: str, checkpoint_id: str | None
+        self, model: type[_Document], plan_id: str, checkpoint_id: str | None
     ) -> Restored[_Document] | None:
         check_plan_id(plan_id)
         if checkpoint_id is not None:
             check_checkpoint_id(checkpoint_id)
-            return Restored(await self._read(plan_id, checkpoint_id, decode), [], None)
+            return Restored(await self._read(plan_id, checkpoint_id, model), [], None)
         # One call: the newest snapshot and every journal, decoded off the loop.
-        found = await self.store.read_latest(plan_id, self._parser(plan_id, decode), _decode_journal)
+        found = await self.store.read_latest(plan_id, self._parser(plan_id, model), _decode_journal)
         if found is None:
             return None
-        records, problem = self._journal_after(found.checkpoint, found.journals)
-        return Restored(found.checkpoint, records, problem)
+        checkpoint = await self._whole(model, plan_id, found.checkpoint, found.journals)
+        records, problem = self._journal_after(checkpoint, found.journals)
+        return Restored(checkpoint, records, problem)
 
     def _journal_after(
         self, checkpoint: Checkpoint | ResumePoint, journals: list[Stored[JournalRead]]
@@ -535,8 +600,13 @@ def _plan_order(infos: list[CheckpointInfo]) -> tuple[bool, float, str]:
     return not times, -max(times, default=0.0), infos[0].plan_id
 
 
-def _bind(encode: Callable[[str, int], bytes], checkpoint_id: str, sequence: int) -> Callable[[], bytes]:
-    return lambda: encode(checkpoint_id, sequence)
+def _bind(
+    encode: Callable[[str, int], bytes], checkpoint_id: str, sequence: int,
+    compress: Callable[[bytes], bytes] | None,
+) -> Callable[[], bytes]:
+    if compress is None:
+        return lambda: encode(checkpoint_id, sequence)
+    return lambda: compress(encode(checkpoint_id, sequence))
 
 
 def _journal_bytes(
