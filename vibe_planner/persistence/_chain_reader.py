@@ -13,14 +13,15 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TypeVar
 
-from .._exceptions import CheckpointCorruptError
+from .._exceptions import CheckpointCorruptError, CheckpointNotFoundError, UnsafeCheckpointFolderError
 from .._ids import checkpoint_sequence
 from .._models import Checkpoint, ResumePoint
 from ._chain import Link, assemble, decode_link
-from ._codec import JournalRead, decode_journal
+from ._codec import JournalRead, decode_journal, peek_summary
+from ._retention import RunIds
 from ._store import CheckpointStore, Stored, journal_name
 
-__all__ = ["chain_tips", "kept_by_chains", "read_chain"]
+__all__ = ["chain_tips", "chains_kept", "kept_by_chains", "read_chain"]
 
 _Document = TypeVar("_Document", Checkpoint, ResumePoint)
 
@@ -115,3 +116,34 @@ def kept_by_chains(doomed: list[str], kept_bases: Mapping[str, str | None]) -> l
     return [i for i in doomed
             if not any(low <= checkpoint_sequence(i) <= high for low, high in ranges)]
 
+
+
+async def chains_kept(
+    store: CheckpointStore, run_of: RunIds, base_of: RunIds, plan_id: str, doomed: list[str],
+    kept: list[str],
+) -> tuple[list[str], list[str]]:
+    """Move from *doomed* to *kept* every checkpoint a kept delta's chain needs."""
+    if not doomed:
+        return doomed, kept
+    bases: dict[str, str | None] = {}
+    for checkpoint_id in kept:
+        if checkpoint_id not in base_of:
+            await _learn(store, run_of, base_of, plan_id, checkpoint_id)
+        bases[checkpoint_id] = base_of.get(checkpoint_id)
+    free = kept_by_chains(doomed, bases)
+    if free is None:
+        return [], kept + doomed  # a kept checkpoint is unreadable: its chain is unknown
+    deleted = set(free)
+    return free, kept + [i for i in doomed if i not in deleted]
+
+
+async def _learn(store: CheckpointStore, run_of: RunIds, base_of: RunIds, plan_id: str,
+                 checkpoint_id: str) -> None:
+    """Note a checkpoint's run and base, read from its summary (nothing if it is unreadable)."""
+    path = Path(store.describe(plan_id, checkpoint_id + ".json"))
+    try:
+        summary = await store.read_checkpoint(plan_id, checkpoint_id, lambda raw: peek_summary(raw, path))
+    except (CheckpointNotFoundError, CheckpointCorruptError, UnsafeCheckpointFolderError):
+        return
+    run_of[checkpoint_id] = summary["run_id"]
+    base_of[checkpoint_id] = summary["base"]
