@@ -14,25 +14,35 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pydantic
 
-from .._exceptions import CheckpointCorruptError, PlanValidationError
-from .._models import SCHEMA_VERSION, Checkpoint, NodeStatus, ResumePoint, WorkflowPlan
+from .._exceptions import CheckpointCorruptError
+from .._models import (
+    SCHEMA_VERSION,
+    Checkpoint,
+    CheckpointReason,
+    NodeResult,
+    NodeStatus,
+    ResultRecord,
+    ResumePoint,
+    TokenUsage,
+)
 from .._state import Capture, utcnow
 from ._codec import (
     DELTA_HEAD,
     DeltaFound,
     JournalRead,
+    check_consistency,
     decode_checkpoint,
     decode_resume_point,
     first_error,
     is_canonical,
     journal_results,
     parse_verified,
-    validate_document,
 )
 from ._compression import decompress
 
@@ -185,75 +195,101 @@ def decode_any(model: type[_Document], raw: bytes, path: Path) -> _Document | Li
         return _link(found.data, path)
 
 
+class _DeltaHeader(pydantic.BaseModel):
+    """The fields of a delta that the state as of it takes from it, validated."""
+
+    checkpoint_id: str
+    sequence: int = pydantic.Field(ge=0)
+    run_id: str
+    created_at: datetime
+    reason: CheckpointReason
+    usage: TokenUsage
+    metadata: dict[str, pydantic.JsonValue]
+    checksum: str
+
+
+_RESULTS: dict[type, pydantic.TypeAdapter[Any]] = {
+    Checkpoint: pydantic.TypeAdapter(dict[str, NodeResult]),
+    ResumePoint: pydantic.TypeAdapter(dict[str, ResultRecord]),
+}
+
+
 def assemble(
-    model: type[_Document], links: list[Link], journal: JournalRead | None, journal_path: Path,
+    model: type[_Document], base: _Document, deltas: list[Link], journal: JournalRead | None,
+    journal_path: Path,
 ) -> _Document:
-    """Return the state as of the last of *links* (a base, then its deltas, in order)."""
-    base, deltas = links[0], links[1:]
-    tip = links[-1]
-    plan = _plan(base)
-    results: dict[str, Any] = dict(base.data["node_results"])
+    """Return the state as of the last of *deltas*, which follow the (validated) *base*.
+
+    Only what the deltas add is validated here: the base was, by the codec's fast path.
+    """
+    tip = deltas[-1]
+    adapter = _RESULTS[model]
+    results: dict[str, Any] = dict(base.node_results)
     records = None
     for delta in deltas:
         ref = delta.data["journal"]
         if ref is not None:
             if records is None:
-                records = _journal_records(journal, tip, plan, journal_path)
-            _apply_journal(results, records, ref, delta, journal_path)
-        results.update(delta.data["node_results"])
+                records = _journal_records(journal, tip, base, journal_path)
+            results.update(_validated(adapter, _journal_range(records, ref, delta, journal_path),
+                                      journal_path))
+        if delta.data["node_results"]:
+            results.update(_validated(adapter, delta.data["node_results"], delta.path))
     completed: list[str] = []
     failed: list[str] = []
     pending: list[str] = []
-    for node_id in plan.order:
-        status = results.get(node_id, {}).get("status")
+    for node_id in base.workflow_plan.order:
+        result = results.get(node_id)
+        status = None if result is None else result["status"] if isinstance(result, dict) else result.status
         (completed if status == NodeStatus.COMPLETED else failed if status == NodeStatus.FAILED
          else pending).append(node_id)
-    data = tip.data
-    counts = data.get("counts")
-    if counts is not None and (counts.get("completed"), counts.get("failed"), counts.get("total")) \
-            != (len(completed), len(failed), len(plan.nodes)):
+    counts = tip.data["counts"]
+    if (counts.get("completed"), counts.get("failed"), counts.get("total")) \
+            != (len(completed), len(failed), len(base.workflow_plan.nodes)):
         raise CheckpointCorruptError(tip.path, f"its counts {counts} disagree with its chain "
                                      f"({len(completed)} completed, {len(failed)} failed)")
-    document = {
-        **{k: data[k] for k in ("checkpoint_id", "sequence", "plan_id", "run_id", "created_at",
-                                "reason", "usage", "metadata", "checksum")},
-        "schema_version": SCHEMA_VERSION, "kind": "delta", "base": base.checkpoint_id,
-        "vibe": base.data.get("vibe"), "workflow_plan": plan, "node_results": results,
-        "completed_nodes": completed, "failed_nodes": failed, "pending_nodes": pending,
-    }
-    return validate_document(model, document, tip.path)
-
-
-def _plan(base: Link) -> WorkflowPlan:
     try:
-        return WorkflowPlan.model_validate(base.data.get("workflow_plan"))
+        header = _DeltaHeader.model_validate(tip.data)
     except pydantic.ValidationError as exc:
-        raise CheckpointCorruptError(base.path, f"does not match the checkpoint schema: "
-                                     f"workflow_plan.{first_error(exc)}") from None
-    except PlanValidationError as exc:
-        raise CheckpointCorruptError(base.path, f"its plan is invalid: {exc}") from None
+        raise CheckpointCorruptError(tip.path, f"does not match the delta schema: {first_error(exc)}") \
+            from None
+    state = base.model_copy(update={
+        **dict(header), "kind": "delta", "base": base.checkpoint_id, "node_results": results,
+        "completed_nodes": completed, "failed_nodes": failed, "pending_nodes": pending,
+    })
+    check_consistency(state, tip.path)
+    return state
 
 
-def _journal_records(journal: JournalRead | None, tip: Link, plan: WorkflowPlan,
+def _validated(adapter: pydantic.TypeAdapter[Any], results: Any, path: Path) -> dict[str, Any]:
+    try:
+        validated: dict[str, Any] = adapter.validate_python(results)
+    except pydantic.ValidationError as exc:
+        raise CheckpointCorruptError(path, f"node_results.{first_error(exc)}") from None
+    return validated
+
+
+def _journal_records(journal: JournalRead | None, tip: Link, base: Checkpoint | ResumePoint,
                      path: Path) -> list[Any]:
     if journal is None:
         raise CheckpointCorruptError(path, f"missing: checkpoint {tip.checkpoint_id} holds "
                                      "results that are only in this journal")
-    known = {node.id for node in plan.nodes}
-    return list(journal_results(journal, str(tip.data["run_id"]), known, path))
+    known = {node.id for node in base.workflow_plan.nodes}
+    return journal_results(journal, str(tip.data["run_id"]), known, path)
 
 
-def _apply_journal(results: dict[str, Any], records: list[Any], ref: dict[str, Any], delta: Link,
-                   path: Path) -> None:
+def _journal_range(records: list[Any], ref: dict[str, Any], delta: Link, path: Path) -> dict[str, Any]:
     first, nodes = ref["first"], ref["nodes"]
     if len(records) < first + len(nodes):
         raise CheckpointCorruptError(
             path, f"holds {len(records)} intact result records, but checkpoint "
             f"{delta.checkpoint_id} needs records {first} to {first + len(nodes) - 1}")
+    found = {}
     for offset, node_id in enumerate(nodes):
         record = records[first + offset]
         if record["node_id"] != node_id:
             raise CheckpointCorruptError(
                 path, f"result record {first + offset} is of node {record['node_id']!r}, but "
                 f"checkpoint {delta.checkpoint_id} says {node_id!r}")
-        results[node_id] = record
+        found[node_id] = record
+    return found

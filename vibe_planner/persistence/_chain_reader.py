@@ -16,7 +16,7 @@ from typing import TypeVar
 from .._exceptions import CheckpointCorruptError, CheckpointNotFoundError, UnsafeCheckpointFolderError
 from .._ids import checkpoint_sequence
 from .._models import Checkpoint, ResumePoint
-from ._chain import Link, assemble, decode_link
+from ._chain import Link, assemble, decode_any
 from ._codec import JournalRead, decode_journal, peek_summary
 from ._retention import RunIds
 from ._store import CheckpointStore, Stored, journal_name
@@ -35,23 +35,28 @@ async def read_chain(
     def path(name: str) -> Path:
         return Path(store.describe(plan_id, name))
 
+    def parse(name: str, raw: bytes) -> _Document | Link:
+        return decode_any(model, raw, path(name + ".json"))
+
     low, high = checkpoint_sequence(tip.base), int(tip.data["sequence"])
     ids = [i for i in await store.checkpoint_ids(plan_id) if low <= checkpoint_sequence(i) < high]
     ids.sort(key=checkpoint_sequence)
-    items = await store.read_many(plan_id, ids, lambda name, raw: decode_link(raw, path(name + ".json")))
-    links = walk(tip, {item.name: item for item in items}, path)
+    items = await store.read_many(plan_id, ids, parse)
+    base, deltas = walk(tip, {item.name: item for item in items}, path)
     run_id = str(tip.data["run_id"])
     journal = None
-    if any(link.is_delta and link.data["journal"] is not None for link in links):
+    if any(link.data["journal"] is not None for link in deltas):
         journal = await _journal(store, plan_id, run_id, journals)
-    return assemble(model, links, journal, path(journal_name(run_id)))
+    return assemble(model, base, deltas, journal, path(journal_name(run_id)))
 
 
-def walk(tip: Link, found: Mapping[str, Stored[Link]], path: Callable[[str], Path]) -> list[Link]:
-    """Return the chain from its base to *tip*, checking each link (`CheckpointCorruptError`)."""
-    chain = [tip]
+def walk(
+    tip: Link, found: Mapping[str, Stored[_Document | Link]], path: Callable[[str], Path]
+) -> tuple[_Document, list[Link]]:
+    """Return the chain's base and its deltas up to *tip*, checking each link."""
+    deltas = [tip]
     link = tip
-    while link.is_delta:
+    while True:
         parent_id = str(link.data["parent"])
         item = found.get(parent_id)
         where = path(parent_id + ".json")
@@ -60,22 +65,26 @@ def walk(tip: Link, found: Mapping[str, Stored[Link]], path: Callable[[str], Pat
                                          f"(the parent of {link.checkpoint_id})")
         if item.error is not None:
             raise item.error
-        assert item.value is not None
         parent = item.value
-        if parent.data.get("checksum") != link.data["parent_checksum"]:
+        assert parent is not None
+        checksum, run_id, plan_id, base = (
+            (parent.data.get("checksum"), parent.data["run_id"], parent.data.get("plan_id"), parent.base)
+            if isinstance(parent, Link) else
+            (parent.checksum, parent.run_id, parent.plan_id, parent.checkpoint_id))
+        if checksum != link.data["parent_checksum"]:
             raise CheckpointCorruptError(
                 where, f"is not the checkpoint {link.checkpoint_id} was written after: its checksum "
                 f"differs from the one {link.checkpoint_id} recorded (replaced or rewritten)")
-        if parent.data.get("run_id") != link.data["run_id"] or parent.base != tip.base:
+        if (run_id, plan_id, base) != (link.data["run_id"], link.data["plan_id"], tip.base):
             raise CheckpointCorruptError(
                 where, f"belongs to another chain than {link.checkpoint_id}, which names it as parent")
-        chain.append(parent)
+        if not isinstance(parent, Link):
+            deltas.reverse()
+            return parent, deltas
+        if not parent.is_delta:
+            raise CheckpointCorruptError(where, "a base that could not be validated")
+        deltas.append(parent)
         link = parent
-    if link.checkpoint_id != tip.base:
-        raise CheckpointCorruptError(path(tip.base + ".json"),
-                                     f"is not the base the chain of {tip.checkpoint_id} ends at")
-    chain.reverse()
-    return chain
 
 
 async def _journal(

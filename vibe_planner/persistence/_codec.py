@@ -54,6 +54,7 @@ __all__ = [
 
 _SORTED = orjson.OPT_SORT_KEYS
 _RECORD = pydantic.TypeAdapter(ResultRecord)
+_RECORDS = pydantic.TypeAdapter(list[ResultRecord])
 _Document = TypeVar("_Document", Checkpoint, ResumePoint)
 _CHECKSUM_PREFIX = "sha256:"
 _TAIL_HEAD = b',"checksum":"' + _CHECKSUM_PREFIX.encode()
@@ -391,6 +392,8 @@ class JournalRead:
         """Bytes after the trusted part (a torn tail or damage), not used."""
         self.problem = problem
         """Why the rest was ignored, if anything was."""
+        self.validated: dict[str, list[ResultRecord]] = {}
+        """The records validated by `journal_results`, by run id."""
 
 
 def decode_journal(raw: bytes) -> JournalRead:
@@ -435,8 +438,15 @@ def header_continues(header: dict[str, Any] | None, run_id: str, checkpoint_ids:
 def journal_results(
     journal: JournalRead, run_id: str, known: set[str], path: Path
 ) -> list[ResultRecord]:
-    """Validate the result records of a journal of run *run_id* (`CheckpointCorruptError` if bad)."""
-    records = []
+    """Validate the result records of a journal of run *run_id* (`CheckpointCorruptError` if bad).
+
+    Validated once per `JournalRead` and run: a resume reads its chain's journal and then the
+    records after it from the same read.
+    """
+    cached = journal.validated.get(run_id)
+    if cached is not None:
+        return cached
+    raw = []
     for entry in journal.records:
         record = entry.get("result")
         if entry.get("run") != run_id or not isinstance(record, dict):
@@ -444,9 +454,16 @@ def journal_results(
         node_id = record.get("node_id")
         if node_id not in known or record.get("status") != "completed":
             raise CheckpointCorruptError(path, f"journal record for unknown node {node_id!r}")
-        try:
-            records.append(_RECORD.validate_python(record))
-        except pydantic.ValidationError as exc:
-            where = f"journal record of node {node_id!r}"
-            raise CheckpointCorruptError(path, f"{where}: {first_error(exc)}") from None
+        raw.append(record)
+    try:
+        records = _RECORDS.validate_python(raw)  # one call for them all: much faster
+    except pydantic.ValidationError:
+        for record in raw:  # say which record is wrong
+            try:
+                _RECORD.validate_python(record)
+            except pydantic.ValidationError as exc:
+                where = f"journal record of node {record.get('node_id')!r}"
+                raise CheckpointCorruptError(path, f"{where}: {first_error(exc)}") from None
+        raise
+    journal.validated[run_id] = records
     return records
