@@ -104,7 +104,7 @@ def _ratios_to_none(systems: dict[str, Any]) -> None:
     if none is None:
         return
     by_rep = {r["rep"]: r for r in none["runs"]}
-    for name, entry in systems.items():
+    for entry in systems.values():
         if entry["family"] != "vibe_planner":
             continue
         values = [run["figures"]["wall_ms"] / by_rep[run["rep"]]["figures"]["wall_ms"]

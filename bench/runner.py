@@ -216,5 +216,5 @@ def _progress(
         what = ", ".join(f"{k}={v:.4g}" for k, v in list(run["figures"].items())[:3])
     else:
         what = "FAILED: " + str(run.get("error") or "timed out")[:160]
-    print(f"[{workload.key}-{workload.size} rep {rep + 1}/{settings.reps}] {system.name:<22} {took:6.1f} s  {what}",
-          file=settings.log, flush=True)
+    where = f"{workload.key}-{workload.size} rep {rep + 1}/{settings.reps}"
+    print(f"[{where}] {system.name:<22} {took:6.1f} s  {what}", file=settings.log, flush=True)
