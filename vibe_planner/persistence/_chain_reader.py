@@ -13,6 +13,8 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TypeVar
 
+import anyio.to_thread
+
 from .._exceptions import CheckpointCorruptError, CheckpointNotFoundError, UnsafeCheckpointFolderError
 from .._ids import checkpoint_sequence
 from .._models import Checkpoint, ResumePoint
@@ -47,7 +49,9 @@ async def read_chain(
     journal = None
     if any(link.data["journal"] is not None for link in deltas):
         journal = await _journal(store, plan_id, run_id, journals)
-    return assemble(model, base, deltas, journal, path(journal_name(run_id)))
+    # Validating what the deltas add (thousands of journal records) is CPU work: off the loop.
+    return await anyio.to_thread.run_sync(assemble, model, base, deltas, journal,
+                                          path(journal_name(run_id)))
 
 
 def walk(
