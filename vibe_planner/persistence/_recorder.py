@@ -227,6 +227,9 @@ class RunRecorder:
             state.plan.plan_id, state.run_id, records, resumed_from=self._header if records else None,
             snapshot=encode, base=None if capture is None or capture.full or chain.parent is None
             else chain.parent.base,
+            # Only when every snapshot is a base (base_ratio 0) does none point into the
+            # journal: then, as in version 1, a durable snapshot empties it.
+            truncate_journal=self._journal_on and chain.ratio <= 0,
         )
         if records or checkpoint_id is not None:
             self._header = None  # written, or the journal is this snapshot's from now on
