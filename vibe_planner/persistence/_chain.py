@@ -231,8 +231,10 @@ def assemble(
         if ref is not None:
             if records is None:
                 records = _journal_records(journal, tip, base, journal_path)
-            results.update(_validated(adapter, _journal_range(records, ref, delta, journal_path),
-                                      journal_path))
+            found = _journal_range(records, ref, delta, journal_path)
+            # Journal records were validated as records already; only a `Checkpoint` needs
+            # them as `NodeResult` models.
+            results.update(found if model is ResumePoint else _validated(adapter, found, journal_path))
         if delta.data["node_results"]:
             results.update(_validated(adapter, delta.data["node_results"], delta.path))
     completed: list[str] = []
