@@ -393,10 +393,11 @@ class PostgresCheckpointStore(CheckpointStore):
         # is not looking (a paused or dying process cannot block a takeover); the session
         # timeout is a backstop for the few read transactions.
         idle = max(1000, int(self.lease_ttl * 1000))
+        given = psycopg.conninfo.conninfo_to_dict(self._conninfo).get("options") or ""
         pool = psycopg_pool.ConnectionPool(
             self._conninfo, min_size=1, max_size=self._max_connections, open=False,
             kwargs={"application_name": "vibe_planner", "autocommit": True,
-                    "options": f"-c idle_in_transaction_session_timeout={idle}"},
+                    "options": f"{given} -c idle_in_transaction_session_timeout={idle}".strip()},
             name=f"vibe_planner {self.where}", timeout=self._connect_timeout)
         pool.open(wait=True, timeout=self._connect_timeout)
         return pool
