@@ -247,6 +247,14 @@ class WorkflowPersistenceManager:
         self._held[plan_id] = Held(lease, sequence, set(ids))
         return lease
 
+    def held_lease(self, plan_id: str) -> Lease | None:
+        """Return the lease this manager holds on a plan (while a run of it goes on), if any.
+
+        Its fencing token is what a handler passes to an outside system that checks tokens.
+        """
+        held = self._held.get(plan_id)
+        return held.lease if held is not None else None
+
     async def renew(self, lease: Lease) -> Lease:
         """Renew a lease taken with `acquire` (see `CheckpointStore.renew_lease`)."""
         renewed = await self.store.renew_lease(lease)
