@@ -62,8 +62,10 @@ def prune_command(args: argparse.Namespace) -> int:
     deleted = anyio.run(manager.prune, args.plan_id, args.keep_last)
     for checkpoint_id in deleted:
         print(f"deleted checkpoint {checkpoint_id}")
+    kept = len(anyio.run(manager.list_checkpoints, args.plan_id))
+    needed = f" and {kept - args.keep_last} older one(s) their chains need" if kept > args.keep_last else ""
     print(f"plan {args.plan_id}: deleted {len(deleted)} checkpoint(s), "
-          f"kept the newest {args.keep_last}")
+          f"kept the newest {args.keep_last}{needed}")
     return EXIT_OK
 
 
@@ -112,6 +114,8 @@ def _details(checkpoint: Checkpoint, path: str) -> Text:
         ("created", format_time(checkpoint.created_at)),
         ("reason", checkpoint.reason),
         ("sequence", str(checkpoint.sequence)),
+        ("stored as", "a base (the whole state)" if checkpoint.base is None
+         else f"a delta of base {checkpoint.base} (shown whole)"),
         ("run", checkpoint.run_id),
         ("vibe", _clip(vibe.description)),
         ("style", _clip(vibe.style or "-")),

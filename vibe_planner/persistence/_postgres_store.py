@@ -166,6 +166,20 @@ class PostgresCheckpointStore(CheckpointStore):
 
         return await self.call(read)
 
+    async def read_many(
+        self, plan_id: str, checkpoint_ids: Sequence[str], parse: Callable[[str, bytes], _T]
+    ) -> list[Stored[_T]]:
+        check_plan_id(plan_id)
+        query = self._sql("SELECT checkpoint_id, data FROM {s}.vp_snapshots "
+                          "WHERE plan_id = %s AND checkpoint_id = ANY(%s)")
+        wanted = list(checkpoint_ids)
+
+        def read(conn: Any) -> list[Stored[_T]]:  # one query for a whole chain
+            rows = {name: bytes(data) for name, data in conn.execute(query, [plan_id, wanted])}
+            return [_parsed(name, rows[name], parse) for name in wanted if name in rows]
+
+        return await self.call(read) if wanted else []
+
     async def read_journals(self, plan_id: str, parse: Callable[[str, bytes], _J]) -> list[Stored[_J]]:
         check_plan_id(plan_id)
         return await self.call(functools.partial(self._journals, plan_id=plan_id, parse=parse))
