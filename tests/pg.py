@@ -181,18 +181,16 @@ def sweep() -> None:
     for folder in glob.glob(os.path.join(tempfile.gettempdir(), "vibe-pg-*")):
         try:
             owner = int(Path(folder, "owner").read_text())
-        except (OSError, ValueError):
-            continue  # being set up, or not one of ours
-        try:
             os.kill(owner, 0)
-            continue  # its process is alive
+            continue  # its process is alive (or not ours to signal)
         except ProcessLookupError:
             pass
-        except PermissionError:
-            continue
-        info = os.stat(folder)
-        run_as = pwd.getpwuid(info.st_uid).pw_name if os.geteuid() == 0 and info.st_uid != 0 else None
-        PostgresServer(Path(folder), 0, "", run_as).stop()
+        except (OSError, ValueError):
+            continue  # being set up or removed, or not one of ours
+        with contextlib.suppress(OSError, KeyError):  # removed meanwhile: nothing to do
+            uid = os.stat(folder).st_uid
+            run_as = pwd.getpwuid(uid).pw_name if os.geteuid() == 0 and uid != 0 else None
+            PostgresServer(Path(folder), 0, "", run_as).stop()
 
 
 def fresh_schema() -> str:
