@@ -1,28 +1,38 @@
 """vibe_planner: plan a vibe into a DAG, run it concurrently, checkpoint it, resume it."""
 
 from ._events import CheckpointWritten as CheckpointWritten
+from ._events import NodeAnswered as NodeAnswered
 from ._events import NodeCompleted as NodeCompleted
 from ._events import NodeFailed as NodeFailed
 from ._events import NodeRetrying as NodeRetrying
 from ._events import NodeSkipped as NodeSkipped
 from ._events import NodeStarted as NodeStarted
+from ._events import NodeWaiting as NodeWaiting
 from ._events import PlanCreated as PlanCreated
 from ._events import ProgressEvent as ProgressEvent
 from ._events import RunFinished as RunFinished
+from ._exceptions import ApprovalRejectedError as ApprovalRejectedError
 from ._exceptions import CheckpointCorruptError as CheckpointCorruptError
 from ._exceptions import CheckpointError as CheckpointError
 from ._exceptions import CheckpointMismatchError as CheckpointMismatchError
 from ._exceptions import CheckpointNotFoundError as CheckpointNotFoundError
 from ._exceptions import CheckpointWriteError as CheckpointWriteError
+from ._exceptions import InputRequestError as InputRequestError
+from ._exceptions import InvalidAnswerError as InvalidAnswerError
 from ._exceptions import InvalidIdentifierError as InvalidIdentifierError
+from ._exceptions import InvalidInputSchemaError as InvalidInputSchemaError
 from ._exceptions import InvalidMetadataError as InvalidMetadataError
 from ._exceptions import InvalidVibeError as InvalidVibeError
 from ._exceptions import NodeError as NodeError
 from ._exceptions import NodeOutputError as NodeOutputError
 from ._exceptions import PlanLockedError as PlanLockedError
 from ._exceptions import PlanningError as PlanningError
+from ._exceptions import PlanNotWaitingError as PlanNotWaitingError
 from ._exceptions import PlanValidationError as PlanValidationError
+from ._exceptions import RequestAlreadyAnsweredError as RequestAlreadyAnsweredError
+from ._exceptions import RequestExpiredError as RequestExpiredError
 from ._exceptions import StrayCancellationError as StrayCancellationError
+from ._exceptions import UnknownRequestError as UnknownRequestError
 from ._exceptions import UnsafeCheckpointFolderError as UnsafeCheckpointFolderError
 from ._exceptions import VibePlannerError as VibePlannerError
 from ._metaplanner import MetaPlanner as MetaPlanner
@@ -30,6 +40,7 @@ from ._models import Checkpoint as Checkpoint
 from ._models import CheckpointInfo as CheckpointInfo
 from ._models import ErrorInfo as ErrorInfo
 from ._models import ExecutionResult as ExecutionResult
+from ._models import InputRequest as InputRequest
 from ._models import NodeResult as NodeResult
 from ._models import NodeStatus as NodeStatus
 from ._models import TokenUsage as TokenUsage
@@ -58,6 +69,7 @@ from .planning import Planner as Planner
 __version__ = "0.1.0"
 
 __all__ = [
+    "ApprovalRejectedError",
     "Checkpoint",
     "CheckpointCorruptError",
     "CheckpointError",
@@ -72,7 +84,11 @@ __all__ = [
     "ExecutionResult",
     "FileCheckpointStore",
     "Handler",
+    "InputRequest",
+    "InputRequestError",
+    "InvalidAnswerError",
     "InvalidIdentifierError",
+    "InvalidInputSchemaError",
     "InvalidMetadataError",
     "InvalidVibeError",
     "LLMConfig",
@@ -82,6 +98,7 @@ __all__ = [
     "Lease",
     "MemoryCheckpointStore",
     "MetaPlanner",
+    "NodeAnswered",
     "NodeCompleted",
     "NodeContext",
     "NodeError",
@@ -92,19 +109,24 @@ __all__ = [
     "NodeSkipped",
     "NodeStarted",
     "NodeStatus",
+    "NodeWaiting",
     "OfflinePlanner",
     "PlanCreated",
     "PlanLockedError",
+    "PlanNotWaitingError",
     "PlanValidationError",
     "Planner",
     "PlanningError",
     "ProgressEvent",
+    "RequestAlreadyAnsweredError",
+    "RequestExpiredError",
     "RetryPolicy",
     "RunFinished",
     "SnapshotWrite",
     "Stored",
     "StrayCancellationError",
     "TokenUsage",
+    "UnknownRequestError",
     "UnsafeCheckpointFolderError",
     "Vibe",
     "VibePlannerError",

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import secrets
 from collections.abc import AsyncIterator, Callable, Mapping
+from datetime import datetime
 from typing import Any, Literal
 
 import anyio
@@ -25,6 +27,7 @@ from ._models import (
     Checkpoint,
     CheckpointInfo,
     ExecutionResult,
+    InputRequest,
     NodeStatus,
     ResumePoint,
     Vibe,
@@ -32,9 +35,11 @@ from ._models import (
     encode_json_bounded,
 )
 from ._redact import Redactor
-from ._state import RunState, as_record, as_results
+from ._state import RunState, as_record, as_results, utcnow
 from .execution._context import Handler, RetryPolicy
 from .execution._handlers import default_handlers
+from .execution._input import check_answer_ids
+from .execution._respond import LiveRuns
 from .execution._run import Run, RunSettings
 from .execution._scheduler import check_handlers
 from .llm import LLMConfig, LLMNodeHandler, LLMSession
@@ -76,6 +81,8 @@ class MetaPlanner:
         progress_callback: Called (sync or async) with every `ProgressEvent` of every run, from
             a task of its own: a slow callback misses events rather than slowing the run, and
             its exceptions are logged, never raised.
+        clock: Returns the current time (aware, UTC) by which input requests are asked and
+            expire; for tests and simulations (default: the system clock).
 
     Example:
         >>> planner = MetaPlanner(checkpoint_interval=5, max_concurrency=16)
@@ -96,6 +103,7 @@ class MetaPlanner:
         node_timeout: float | None = 300.0,
         fail_fast: bool = False,
         progress_callback: Callable[[ProgressEvent], Any] | None = None,
+        clock: Callable[[], datetime] | None = None,
     ) -> None:
         if checkpoint_interval is not None and checkpoint_interval < 1:
             raise ValueError(f"checkpoint_interval must be >= 1 or None, got {checkpoint_interval}")
@@ -122,6 +130,8 @@ class MetaPlanner:
         self.fail_fast = fail_fast
         self.progress_callback = progress_callback
         self._subscribers: list[MemoryObjectSendStream[ProgressEvent]] = []
+        self.clock: Callable[[], datetime] = clock or utcnow
+        self._live = LiveRuns()
 
     @property
     def llm(self) -> LLMConfig | None:
@@ -263,6 +273,39 @@ class MetaPlanner:
                 raise CheckpointNotFoundError(None, plan_id)
             return await self._resume(restored, None, from_latest=checkpoint_id is None)
 
+    # -- human input ----------------------------------------------------------------------------
+    async def arespond(self, plan_id: str, request_id: str, value: Any) -> InputRequest:
+        """Answer a node's pending request (`InputRequest`); return it once the answer is durable.
+
+        If the plan runs in this process, the run takes the answer and the node runs again at
+        once; otherwise the answer is written as an ``answered`` checkpoint and the node runs
+        on the next `execute_with_resume` / `resume`. Nothing is recorded when this raises.
+
+        Raises:
+            InvalidAnswerError: *value* does not match the request's JSON schema.
+            UnknownRequestError: The plan has no request *request_id*.
+            RequestAlreadyAnsweredError: The request has an answer already (the first stands).
+            RequestExpiredError: The request's deadline has passed.
+            PlanNotWaitingError: The plan has no pending request (or no checkpoint).
+            PlanLockedError: Another process is running the plan.
+        """
+        check_answer_ids(plan_id, request_id)
+        manager = self.persistence_manager if self.durability != "none" else None
+        return await self._live.answer(manager, plan_id, request_id, value, now=self.clock())
+
+    def respond(self, plan_id: str, request_id: str, value: Any) -> InputRequest:
+        """Blocking twin of `arespond`, for scripts and threads (not for the event loop's thread).
+
+        From a worker thread of the app's event loop (``anyio.to_thread``) it runs `arespond`
+        on that loop, so a run of this planner alive there is woken in place.
+        """
+        call = functools.partial(self.arespond, plan_id, request_id, value)
+        try:
+            anyio.from_thread.run_sync(_nothing)  # only works in an event loop's worker thread
+        except RuntimeError:
+            return anyio.run(call)  # a plain thread: the call gets a loop of its own
+        return anyio.from_thread.run(call)
+
     # -- checkpoints ----------------------------------------------------------------------------
     async def create_checkpoint(
         self,
@@ -311,7 +354,7 @@ class MetaPlanner:
     # -- internals ------------------------------------------------------------------------------
     def _locked(self, plan_id: str) -> _PlanLockContext:
         manager = self.persistence_manager if self.durability != "none" else None
-        return _PlanLockContext(manager, plan_id)
+        return _PlanLockContext(manager, plan_id, self._live)
 
     async def _restore(self, plan_id: str, checkpoint_id: str | None) -> Restored[ResumePoint] | None:
         if self.durability == "none" and checkpoint_id is None:
@@ -333,6 +376,7 @@ class MetaPlanner:
         state = RunState.restored(
             checkpoint.workflow_plan, _new_run_id(), {**checkpoint.metadata, **(metadata or {})},
             usage=checkpoint.usage, results=completed, journal=restored.journal_records,
+            requests=checkpoint.input_requests,
         )
         return await self._run(state, checkpoint.checkpoint_id, from_latest=from_latest)
 
@@ -354,6 +398,7 @@ class MetaPlanner:
             state, handlers, self._settings(), self.persistence_manager, resumed_from=resumed_from,
             from_latest=from_latest, callback=self.progress_callback,
             subscribers=list(self._subscribers), offline=self._ran_offline(state.plan),
+            on_accepting=functools.partial(self._live.attach, state.plan.plan_id),
         )
         result = await run.execute()
         if result.offline:
@@ -364,26 +409,32 @@ class MetaPlanner:
         return RunSettings(
             checkpoint_interval=self.checkpoint_interval, durability=self.durability,
             max_concurrency=self.max_concurrency, retry=self.retry, node_timeout=self.node_timeout,
-            fail_fast=self.fail_fast, redactor=self._redactor,
+            fail_fast=self.fail_fast, redactor=self._redactor, clock=self.clock,
         )
 
 
 class _PlanLockContext:
     """Holds the plan's lease for the duration of an ``async with`` block."""
 
-    def __init__(self, manager: WorkflowPersistenceManager | None, plan_id: str) -> None:
+    def __init__(self, manager: WorkflowPersistenceManager | None, plan_id: str, live: LiveRuns) -> None:
         self._manager = manager
         self._plan_id = plan_id
         self._lock: Lease | None = None
+        self._live = live
+        self._holding = contextlib.ExitStack()
 
     async def __aenter__(self) -> None:
         if self._manager is not None:
             self._lock = await self._manager.acquire(self._plan_id)
+        self._holding.enter_context(self._live.holding(self._plan_id))
 
     async def __aexit__(self, *exc_info: object) -> None:
-        if self._manager is not None and self._lock is not None:
-            with anyio.CancelScope(shield=True):
-                await self._manager.release(self._lock)
+        try:
+            if self._manager is not None and self._lock is not None:
+                with anyio.CancelScope(shield=True):
+                    await self._manager.release(self._lock)
+        finally:
+            self._holding.close()  # answers waiting for the lease go ahead
 
 
 def check_metadata(metadata: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -409,6 +460,10 @@ def as_vibe(vibe: VibeLike) -> Vibe:
     if isinstance(vibe, Mapping):
         return Vibe(**dict(vibe))
     raise InvalidVibeError([f"expected a Vibe, a str or a mapping, got {type(vibe).__name__}"])
+
+
+def _nothing() -> None:
+    pass
 
 
 def _new_run_id() -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,6 +20,7 @@ import pydantic
 
 from ._exceptions import NodeOutputError
 from ._models import (
+    InputRequest,
     NodeResult,
     NodeStatus,
     ResultRecord,
@@ -61,6 +62,8 @@ class Capture:
     records: dict[str, Record]
     usage: TokenUsage
     metadata: dict[str, Any]
+    requests: list[InputRequest] = field(default_factory=list)
+    """The run's input requests (immutable models), in the order they were first asked."""
 
 
 class RunState:
@@ -75,6 +78,8 @@ class RunState:
         self.records: dict[str, Record] = {}
         self.outputs: dict[str, Any] = {}
         self.usage = plan.usage or TokenUsage()
+        # Requests made of a person, by id: models, replaced (never mutated) when answered.
+        self.requests: dict[str, InputRequest] = {}
         # The encoded outputs of completed nodes whose output is a container: each dependent
         # decodes its own copy from them (see `inputs_of`).
         self._encoded: dict[str, bytes] = {}
@@ -86,6 +91,7 @@ class RunState:
     def restored(
         cls, plan: WorkflowPlan, run_id: str, metadata: dict[str, Any], *, usage: TokenUsage,
         results: Iterable[ResultRecord], journal: Iterable[ResultRecord] = (),
+        requests: Iterable[InputRequest] = (),
     ) -> RunState:
         """Return the state of a new run that continues from completed *results*.
 
@@ -97,6 +103,7 @@ class RunState:
             state.restore(result, count_usage=False)
         for record in journal:
             state.restore(record, count_usage=True)
+        state.requests = {request.id: request for request in requests}
         return state
 
     # -- building records -------------------------------------------------------------
@@ -179,7 +186,7 @@ class RunState:
     # -- snapshots ----------------------------------------------------------------------
     def capture(self) -> Capture:
         """Take a consistent view for a snapshot; cheap (a shallow copy), runs on the loop."""
-        return Capture(dict(self.records), self.usage, dict(self.metadata))
+        return Capture(dict(self.records), self.usage, dict(self.metadata), list(self.requests.values()))
 
     def encoded_plan(self) -> tuple[orjson.Fragment, orjson.Fragment]:
         """Return the plan and its vibe as encoded JSON, made once (in the writer thread)."""

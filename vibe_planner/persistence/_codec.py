@@ -76,7 +76,7 @@ def checkpoint_fields(
         else:
             pending.append(node_id)
     plan_json, vibe_json = state.encoded_plan()
-    return {
+    fields: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "checkpoint_id": checkpoint_id,
         "sequence": sequence,
@@ -93,6 +93,9 @@ def checkpoint_fields(
         "usage": capture.usage.model_dump(),
         "metadata": capture.metadata,
     }
+    if capture.requests:  # absent when there are none: such documents read as before
+        fields["input_requests"] = [r.model_dump(mode="json") for r in capture.requests]
+    return fields
 
 
 def encode_checkpoint(fields: dict[str, Any]) -> bytes:
@@ -202,9 +205,17 @@ def peek_summary(raw: bytes, path: Path) -> dict[str, Any]:
             "reason": str(data["reason"]),
             "completed_nodes": len(data["completed_nodes"]),
             "total_nodes": len(data["workflow_plan"]["nodes"]),
+            "waiting_for": _waiting_for(data),
         }
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointCorruptError(path, f"missing or malformed field {exc}") from None
+
+
+def _waiting_for(data: dict[str, Any]) -> list[str]:
+    """Return the ids of a document's pending input requests (of nodes not completed)."""
+    completed = set(data["completed_nodes"])
+    return [str(r["id"]) for r in data.get("input_requests", ())
+            if r.get("status") == "pending" and r.get("node_id") not in completed]
 
 
 def _parse_verified(raw: bytes, path: Path, *, verified: bool) -> dict[str, Any]:

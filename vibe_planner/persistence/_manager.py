@@ -524,7 +524,8 @@ class WorkflowPersistenceManager:
             self._run_of[item.name] = summary["run_id"]
             infos.append(CheckpointInfo(**base, created_at=summary["created_at"], reason=summary["reason"],
                                         completed_nodes=summary["completed_nodes"],
-                                        total_nodes=summary["total_nodes"]))
+                                        total_nodes=summary["total_nodes"],
+                                        waiting_for=summary["waiting_for"]))
         return infos
 
 
