@@ -11,8 +11,6 @@ node computes from its recorded inputs.
 from __future__ import annotations
 
 import random
-import re
-import shlex
 import subprocess
 import sys
 from collections import Counter
@@ -54,8 +52,13 @@ def requests_on_disk(checkpoint_dir: Path) -> dict[str, dict[str, Any]]:
 
 
 def files(folder: Path) -> dict[str, bytes]:
-    """The plan's checkpoints and journals, byte for byte (the lease's lock file aside)."""
-    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file() and p.name != ".lock"}
+    """The plan's checkpoints and journals, byte for byte.
+
+    Hidden files are left out: the lease's lock file, and the temporary file of a write that a
+    SIGKILL cut short (never read; the store clears it away).
+    """
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())
+            if p.is_file() and not p.name.startswith(".")}
 
 
 def check_outputs(document: dict[str, Any]) -> None:
@@ -246,32 +249,3 @@ def test_sigkill_at_random_points_loses_no_answer_and_repeats_no_node(tmp_path: 
     print(f"{kills} kills over {steps} steps in {scenarios} plans")
 
 
-
-def normalised(line: str) -> str:
-    """A line of CLI output without what changes from run to run (times, checkpoint suffixes)."""
-    line = re.sub(r"\[\s*[\d.]+s\]", "[t]", line)
-    line = re.sub(r"\b(cp-\d{8})-[0-9a-f]{12}\b", r"\1", line)
-    line = re.sub(r"\bin [\d.]+s\b", "in Ts", line)
-    return line.rstrip()
-
-
-def test_the_readme_session_is_what_the_command_line_prints(tmp_path: Path) -> None:
-    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    section = text[text.index("## A terminal session: run, waiting, approve, completed"):]
-    block = re.search(r"```console\n(.*?)```", section, re.S)
-    assert block is not None
-    commands: list[tuple[str, list[str]]] = []
-    for line in block.group(1).splitlines():
-        if line.startswith("$ "):
-            commands.append((line[2:], []))
-        elif line != "...":
-            commands[-1][1].append(normalised(line))
-    assert [c.split()[1] for c, _ in commands] == ["run", "approve", "resume"]
-    for command, expected in commands:
-        argv = shlex.split(command)
-        done = subprocess.run([str(CLI), *argv[1:]], cwd=tmp_path, capture_output=True, text=True,
-                              timeout=120)
-        assert done.returncode == (5 if argv[1] == "run" else 0), done.stderr
-        printed = [normalised(line) for line in done.stdout.splitlines()]
-        missing = [line for line in expected if line not in printed]
-        assert not missing, f"{command}: README lines not printed: {missing}"

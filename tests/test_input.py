@@ -49,7 +49,7 @@ def make(checkpoint_dir: Path, nodes: list[WorkflowNode], handlers: dict[str, An
 
 
 def files(folder: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.name != ".lock"}
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if not p.name.startswith(".")}
 
 
 # -- the schema subset ----------------------------------------------------------------------------
@@ -289,3 +289,43 @@ def test_the_llm_planner_is_told_when_to_use_the_approval_kind() -> None:
     assert '"approval" steps wait for a person' in with_kind and "review before publishing" in with_kind
     assert "approval" not in LLMPlanner(config, kinds=["llm"])._system_prompt()
     assert "approval" in MetaPlanner(llm=config).planner.kinds  # type: ignore[attr-defined]
+
+
+async def test_a_live_run_wakes_a_node_whose_request_expires(checkpoint_dir: Path) -> None:
+    release, gate_done = anyio.Event(), anyio.Event()
+
+    async def slow(ctx: NodeContext) -> str:
+        await release.wait()  # busy until the expired gate has completed
+        return "slow"
+
+    def on_event(event: ProgressEvent) -> None:
+        if getattr(event, "node_id", None) == "gate" and event.kind == "node_completed":
+            gate_done.set()
+
+    nodes = [WorkflowNode(id="slow", kind="slow"),
+             WorkflowNode(id="gate", kind="approval", parameters={"expires_after": 0, "default": {
+                 "approved": True, "comment": "no answer needed"}})]
+    planner = make(checkpoint_dir, nodes, {"slow": slow}, progress_callback=on_event, clock=Clock())
+    results = []
+
+    async def run() -> None:
+        results.append(await planner.execute_with_resume(Vibe(description="expires while live")))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(run)
+        await gate_done.wait()
+        release.set()
+    [result] = results
+    assert result.status == "completed"
+    assert result.outputs["gate"] == {"approved": True, "comment": "no answer needed"}
+
+
+async def test_a_manual_checkpoint_of_a_waiting_run_keeps_it_answerable(checkpoint_dir: Path) -> None:
+    planner = make(checkpoint_dir, [WorkflowNode(id="gate", kind="approval")])
+    vibe = Vibe(description="manual checkpoint while waiting")
+    waiting = await planner.execute_with_resume(vibe)
+    await planner.create_checkpoint(waiting.plan_id, waiting)
+    with pytest.raises(InvalidAnswerError, match="at most 1000000 are taken"):
+        await planner.arespond(waiting.plan_id, "gate:1", {"approved": True, "comment": "x" * 1_000_000})
+    await planner.arespond(waiting.plan_id, "gate:1", {"approved": True})
+    assert (await planner.execute_with_resume(vibe)).status == "completed"

@@ -330,8 +330,10 @@ class MetaPlanner:
         # on top of it at the next resume.
         completed = [as_record(r) for r in execution_state.node_results.values()
                      if r.status == NodeStatus.COMPLETED]
+        requests = execution_state.pending_requests if isinstance(execution_state, ExecutionResult) \
+            else execution_state.input_requests  # what the plan waits for stays answerable
         state = RunState.restored(plan, _new_run_id(), dict(metadata or {}), usage=execution_state.usage,
-                                  results=completed)
+                                  results=completed, requests=requests)
         async with self._locked(plan_id), open_recorder(
             self.persistence_manager, state, durability="interval", interval=None
         ) as recorder:

@@ -17,10 +17,12 @@ Exception`` cannot swallow the pause; it never leaves the scheduler.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+import anyio
+import anyio.lowlevel
 import orjson
 import pydantic
 
@@ -61,6 +63,9 @@ APPROVAL_SCHEMA: dict[str, Any] = {
     "additionalProperties": False,
 }
 """What an ``approval`` node asks for: ``{"approved": true|false, "comment": "..."}``."""
+
+MAX_ANSWER_BYTES = 1_000_000
+"""Largest answer taken (its JSON): an answer is stored in every later checkpoint of the plan."""
 
 _KEY_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
 _ID_CHARS = _KEY_CHARS | frozenset(".:")
@@ -124,9 +129,12 @@ def take_answer(
         assert request.deadline is not None
         raise RequestExpiredError(plan_id, request_id, request.deadline)
     try:
-        encode_json_bounded(value)
+        size = len(encode_json_bounded(value))
     except TypeError as exc:
         raise InvalidAnswerError(plan_id, request_id, [f"$: not a JSON value ({exc})"]) from None
+    if size > MAX_ANSWER_BYTES:
+        raise InvalidAnswerError(plan_id, request_id,
+                                 [f"$: {size} bytes of JSON; at most {MAX_ANSWER_BYTES} are taken"])
     problems = validate(value, request.json_schema)
     if problems:
         raise InvalidAnswerError(plan_id, request_id, problems)
@@ -154,6 +162,41 @@ class InputDesk:
         self.clock = clock
         self._on_answered = on_answered
         self._announced: set[str] = set()
+        self._changed = anyio.Event()
+        self._watch = anyio.CancelScope()
+
+    # -- deadlines while the run is live ----------------------------------------------------------
+    def suspended_changed(self) -> None:
+        """Say a node started waiting (its request may have the soonest deadline)."""
+        self._changed.set()
+
+    def stop_watching(self) -> None:
+        """End `watch_deadlines` (the run is over: no node can start any more)."""
+        self._watch.cancel()
+
+    async def watch_deadlines(self, suspended: Mapping[str, str], wake: Callable[[str], bool]) -> None:
+        """Wake each waiting node when its request expires, while other branches still run.
+
+        The woken node runs again, finds its request expired and takes its default or fails,
+        as it would on a resume after the deadline. Ends with `stop_watching`.
+        """
+        with self._watch:
+            while True:
+                await anyio.lowlevel.checkpoint()  # where `stop_watching` takes effect
+                self._changed = changed = anyio.Event()
+                due = {node_id: deadline for node_id, request_id in suspended.items()
+                       if (deadline := self._state.requests[request_id].deadline) is not None}
+                if not due:
+                    await changed.wait()
+                    continue
+                now = self.clock()
+                for node_id in [n for n, deadline in due.items() if deadline <= now]:
+                    wake(node_id)
+                if all(deadline <= now for deadline in due.values()):
+                    continue
+                delay = (min(d for d in due.values() if d > now) - now).total_seconds()
+                with anyio.move_on_after(delay):
+                    await changed.wait()
 
     def ask(
         self, context: NodeContext, prompt: str, *, schema: Any, expires_after: float | timedelta | None,

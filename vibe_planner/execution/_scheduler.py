@@ -124,6 +124,9 @@ class Scheduler:
         if self._waiting:
             async with anyio.create_task_group() as tg:
                 self._tg = tg
+                if self._desk is not None:
+                    tg.start_soon(self._desk.watch_deadlines, self.suspended, self.wake,
+                                  name="vibe_planner input deadlines")
                 await self._grow_pool()
             self.mark_cancelled()  # nodes stopped by fail_fast
         # Completed means every node is: counted, not inferred from the absence of failures
@@ -227,6 +230,8 @@ class Scheduler:
             elif not self._in_flight:
                 # Nothing ready and nothing running: no node can become ready any more.
                 self._over = True
+                if self._desk is not None:
+                    self._desk.stop_watching()
                 if self._short is not None:
                     self._short.set()
                 self._called += len(self._idle)
@@ -289,6 +294,8 @@ class Scheduler:
             if isinstance(exc, InputPending):
                 # Not a failure: the node waits for its answer and runs again once it comes.
                 self.suspended[node.id] = exc.request_id
+                if self._desk is not None:
+                    self._desk.suspended_changed()
                 return state.finish_unsuccessfully(node.id, NodeStatus.WAITING, attempts=attempt,
                                                    started_at=started_at, usage=context.usage)
             retryable = _retryable(exc) and attempt < attempts
