@@ -31,6 +31,8 @@ from ._exceptions import PlanNotWaitingError as PlanNotWaitingError
 from ._exceptions import PlanValidationError as PlanValidationError
 from ._exceptions import RequestAlreadyAnsweredError as RequestAlreadyAnsweredError
 from ._exceptions import RequestExpiredError as RequestExpiredError
+from ._exceptions import StaleLeaseError as StaleLeaseError
+from ._exceptions import StoreUnavailableError as StoreUnavailableError
 from ._exceptions import StrayCancellationError as StrayCancellationError
 from ._exceptions import UnknownRequestError as UnknownRequestError
 from ._exceptions import UnsafeCheckpointFolderError as UnsafeCheckpointFolderError
@@ -55,6 +57,8 @@ from .llm import LLMRequestError as LLMRequestError
 from .persistence._file_store import FileCheckpointStore as FileCheckpointStore
 from .persistence._manager import WorkflowPersistenceManager as WorkflowPersistenceManager
 from .persistence._memory_store import MemoryCheckpointStore as MemoryCheckpointStore
+from .persistence._open import store_from_url as store_from_url
+from .persistence._postgres_store import PostgresCheckpointStore as PostgresCheckpointStore
 from .persistence._recorder import Durability as Durability
 from .persistence._store import CheckpointStore as CheckpointStore
 from .persistence._store import Latest as Latest
@@ -117,12 +121,15 @@ __all__ = [
     "PlanValidationError",
     "Planner",
     "PlanningError",
+    "PostgresCheckpointStore",
     "ProgressEvent",
     "RequestAlreadyAnsweredError",
     "RequestExpiredError",
     "RetryPolicy",
     "RunFinished",
     "SnapshotWrite",
+    "StaleLeaseError",
+    "StoreUnavailableError",
     "Stored",
     "StrayCancellationError",
     "TokenUsage",
@@ -134,4 +141,5 @@ __all__ = [
     "WorkflowPersistenceManager",
     "WorkflowPlan",
     "WriteBatch",
+    "store_from_url",
 ]

@@ -44,6 +44,7 @@ from .execution._run import Run, RunSettings
 from .execution._scheduler import check_handlers
 from .llm import LLMConfig, LLMNodeHandler, LLMSession
 from .llm._session import RateLimiter
+from .persistence._lease import open_lease
 from .persistence._manager import Restored, WorkflowPersistenceManager
 from .persistence._recorder import Durability, open_recorder
 from .persistence._store import Lease
@@ -354,9 +355,10 @@ class MetaPlanner:
         await self.persistence_manager.delete_checkpoint(checkpoint_id)
 
     # -- internals ------------------------------------------------------------------------------
-    def _locked(self, plan_id: str) -> _PlanLockContext:
+    def _locked(self, plan_id: str) -> contextlib.AbstractAsyncContextManager[Lease | None]:
+        """Hold the plan's lease (renewed while held, where leases expire) for a block."""
         manager = self.persistence_manager if self.durability != "none" else None
-        return _PlanLockContext(manager, plan_id, self._live)
+        return _held(self._live, manager, plan_id)
 
     async def _restore(self, plan_id: str, checkpoint_id: str | None) -> Restored[ResumePoint] | None:
         if self.durability == "none" and checkpoint_id is None:
@@ -415,28 +417,18 @@ class MetaPlanner:
         )
 
 
-class _PlanLockContext:
-    """Holds the plan's lease for the duration of an ``async with`` block."""
+@contextlib.asynccontextmanager
+async def _held(
+    live: LiveRuns, manager: WorkflowPersistenceManager | None, plan_id: str
+) -> AsyncIterator[Lease | None]:
+    """Hold the plan's lease, the plan registered for answers meanwhile.
 
-    def __init__(self, manager: WorkflowPersistenceManager | None, plan_id: str, live: LiveRuns) -> None:
-        self._manager = manager
-        self._plan_id = plan_id
-        self._lock: Lease | None = None
-        self._live = live
-        self._holding = contextlib.ExitStack()
-
-    async def __aenter__(self) -> None:
-        if self._manager is not None:
-            self._lock = await self._manager.acquire(self._plan_id)
-        self._holding.enter_context(self._live.holding(self._plan_id))
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        try:
-            if self._manager is not None and self._lock is not None:
-                with anyio.CancelScope(shield=True):
-                    await self._manager.release(self._lock)
-        finally:
-            self._holding.close()  # answers waiting for the lease go ahead
+    The registration outlives the lease on the way out: an answer that waited for the lease
+    goes ahead only once the lease is free.
+    """
+    with live.holding(plan_id):
+        async with open_lease(manager, plan_id) as lease:
+            yield lease
 
 
 def check_metadata(metadata: Mapping[str, Any] | None) -> dict[str, Any]:
