@@ -15,6 +15,7 @@ from vibe_planner import (
     InvalidAnswerError,
     LLMConfig,
     LLMPlanner,
+    MemoryCheckpointStore,
     MetaPlanner,
     NodeAnswered,
     NodeContext,
@@ -329,3 +330,22 @@ async def test_a_manual_checkpoint_of_a_waiting_run_keeps_it_answerable(checkpoi
         await planner.arespond(waiting.plan_id, "gate:1", {"approved": True, "comment": "x" * 1_000_000})
     await planner.arespond(waiting.plan_id, "gate:1", {"approved": True})
     assert (await planner.execute_with_resume(vibe)).status == "completed"
+
+
+async def test_answers_are_recorded_in_any_store(checkpoint_dir: Path) -> None:
+    store = MemoryCheckpointStore()
+    nodes = [WorkflowNode(id="gate", kind="approval"),
+             WorkflowNode(id="after", kind="noop", depends_on=["gate"])]
+
+    def planner() -> MetaPlanner:  # a new one each time: nothing carried over in memory
+        return MetaPlanner(planner=StaticPlanner(nodes),
+                           persistence_manager=WorkflowPersistenceManager(store=store))
+
+    vibe = Vibe(description="memory store")
+    waiting = await planner().execute_with_resume(vibe)
+    assert waiting.status == "waiting"
+    await planner().arespond(waiting.plan_id, "gate:1", {"approved": True})
+    latest = await WorkflowPersistenceManager(store=store).latest(waiting.plan_id)
+    assert latest is not None and latest.reason == "answered" and latest.pending_requests == []
+    done = await planner().execute_with_resume(vibe)
+    assert done.status == "completed" and done.nodes_restored == 0 and done.nodes_run == 2
