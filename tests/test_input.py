@@ -349,3 +349,9 @@ async def test_answers_are_recorded_in_any_store(checkpoint_dir: Path) -> None:
     assert latest is not None and latest.reason == "answered" and latest.pending_requests == []
     done = await planner().execute_with_resume(vibe)
     assert done.status == "completed" and done.nodes_restored == 0 and done.nodes_run == 2
+
+
+async def test_the_blocking_respond_refuses_to_hang_the_event_loop() -> None:
+    planner = MetaPlanner(durability="none")
+    with pytest.raises(RuntimeError, match=r"await planner\.arespond"):
+        planner.respond("a-plan", "gate:1", {"approved": True})

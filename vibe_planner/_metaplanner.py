@@ -301,6 +301,8 @@ class MetaPlanner:
         on that loop, so a run of this planner alive there is woken in place.
         """
         call = functools.partial(self.arespond, plan_id, request_id, value)
+        if _on_event_loop():
+            raise RuntimeError("respond() blocks; on the event loop use: await planner.arespond(...)")
         try:
             anyio.from_thread.run_sync(_nothing)  # only works in an event loop's worker thread
         except RuntimeError:
@@ -458,6 +460,15 @@ def as_vibe(vibe: VibeLike) -> Vibe:
 
 def _nothing() -> None:
     pass
+
+
+def _on_event_loop() -> bool:
+    """Whether this thread is running an event loop (where a blocking call would hang it)."""
+    try:
+        anyio.get_current_task()
+    except Exception:  # no async library running in this thread
+        return False
+    return True
 
 
 def _new_run_id() -> str:
