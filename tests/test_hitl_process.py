@@ -21,7 +21,7 @@ import orjson
 
 from tests.helpers import allow_bodies
 from tests.hitl_worker import APPROVALS, PLAN_ID, expected_output, nodes
-from tests.test_crash import log_lines, recorded_completed
+from tests.test_crash import intact_entries, log_lines, recorded_completed
 from tests.torture.support import ForkServer
 
 WORKER = Path(__file__).with_name("hitl_worker.py")
@@ -42,9 +42,37 @@ def cli(checkpoint_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def latest(checkpoint_dir: Path) -> dict[str, Any]:
-    """The plan's newest snapshot, read with orjson (not through the library)."""
-    snapshots = sorted((checkpoint_dir / PLAN_ID).glob("cp-*.json"))
-    return dict(orjson.loads(snapshots[-1].read_bytes())) if snapshots else {}
+    """The state as of the plan's newest snapshot, read with orjson (not through the library)."""
+    folder = checkpoint_dir / PLAN_ID
+    snapshots = sorted(folder.glob("cp-*.json"))
+    return whole_state(folder, orjson.loads(snapshots[-1].read_bytes())) if snapshots else {}
+
+
+def whole_state(folder: Path, document: dict[str, Any]) -> dict[str, Any]:
+    """A snapshot as the whole state, as docs/checkpoints.md's file format says: a base is it;
+    a delta applies to its parent's results those of the journal records it names, then its own,
+    and carries the requests (all of them) itself."""
+    if document.get("kind") != "delta":
+        return document
+    state = dict(whole_state(folder, orjson.loads((folder / f"{document['parent']}.json").read_bytes())))
+    results = dict(state["node_results"])
+    if document["journal"]:
+        journal = folder / f"journal-{document['run_id']}.jsonl"
+        records = [entry["result"] for entry in intact_entries(journal) if "result" in entry]
+        first, named = document["journal"]["first"], document["journal"]["nodes"]
+        for record, node_id in zip(records[first:first + len(named)], named, strict=True):
+            assert record["node_id"] == node_id
+            results[node_id] = record
+    results.update(document["node_results"])
+    order = [n.id for n in nodes()]
+    completed = [n for n in order if results.get(n, {}).get("status") == "completed"]
+    state.update({key: value for key, value in document.items() if key not in ("node_results", "kind")},
+                 node_results=results, completed_nodes=completed,
+                 failed_nodes=[n for n in order if results.get(n, {}).get("status") == "failed"],
+                 pending_nodes=[n for n in order if results.get(n, {}).get("status")
+                                not in ("completed", "failed")],
+                 input_requests=document.get("input_requests", []))
+    return state
 
 
 def requests_on_disk(checkpoint_dir: Path) -> dict[str, dict[str, Any]]:

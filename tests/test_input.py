@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import anyio
+import orjson
 import pytest
 
 from tests.helpers import StaticPlanner
 from vibe_planner import (
+    CheckpointCorruptError,
+    CheckpointInfo,
     CheckpointWritten,
     InvalidAnswerError,
     LLMConfig,
@@ -29,6 +33,7 @@ from vibe_planner import (
     WorkflowPersistenceManager,
 )
 from vibe_planner.execution._schema import check_schema, validate
+from vibe_planner.persistence._codec import encode_checkpoint, peek_summary
 from vibe_planner.planning._offline import asks_for_review
 
 pytestmark = pytest.mark.anyio
@@ -355,3 +360,80 @@ async def test_the_blocking_respond_refuses_to_hang_the_event_loop() -> None:
     planner = MetaPlanner(durability="none")
     with pytest.raises(RuntimeError, match=r"await planner\.arespond"):
         planner.respond("a-plan", "gate:1", {"approved": True})
+
+
+async def test_every_checkpoint_of_a_chain_carries_the_requests(checkpoint_dir: Path) -> None:
+    asks = [True]
+
+    async def maybe_ask(ctx: NodeContext) -> str:
+        if asks[0]:
+            await ctx.request_input("Anything to add?")
+        return "done"
+
+    nodes = [WorkflowNode(id="x", kind="maybe"), WorkflowNode(id="gate", kind="approval"),
+             WorkflowNode(id="c", kind="noop"), WorkflowNode(id="d", kind="noop", depends_on=["c"])]
+    planner = make(checkpoint_dir, nodes, {"maybe": maybe_ask})
+    vibe = Vibe(description="requests in deltas")
+    first = await planner.execute_with_resume(vibe)
+    assert first.status == "waiting" and {r.id for r in first.pending_requests} == {"x:1", "gate:1"}
+    manager = planner.persistence_manager
+    latest = await manager.latest(first.plan_id)
+    assert latest is not None and latest.kind == "delta" and latest.reason == "waiting"
+    assert {r.id for r in latest.pending_requests} == {"x:1", "gate:1"}
+    infos = sorted(await manager.list_checkpoints(first.plan_id), key=lambda info: info.sequence)
+    assert infos[0].reason == "planned" and infos[0].waiting_for == []
+    assert infos[-1].checkpoint_id == latest.checkpoint_id
+    assert sorted(infos[-1].waiting_for) == ["gate:1", "x:1"]
+    by_id = await manager.get_checkpoint(latest.checkpoint_id)
+    assert by_id.input_requests == latest.input_requests
+
+    # A resume from the delta restores the requests: asked again, each keeps when it was asked.
+    asks[0] = False  # x now ends without its answer: its request is moot, not waited for
+    second = await planner.execute_with_resume(vibe)
+    assert second.status == "waiting" and [r.id for r in second.pending_requests] == ["gate:1"]
+    assert second.pending_requests[0] == next(r for r in first.pending_requests if r.id == "gate:1")
+    tip = await manager.latest(first.plan_id)
+    assert tip is not None and tip.kind == "delta" and tip.run_id != latest.run_id
+    assert {r.id for r in tip.pending_requests} == {"x:1", "gate:1"}  # recorded, as asked
+    assert newest_info(await manager.list_checkpoints(first.plan_id)).waiting_for == ["gate:1"]
+
+    # The answer is read from the delta's chain and written as a base of the answer's own.
+    await planner.arespond(first.plan_id, "gate:1", {"approved": True})
+    answered = await manager.latest(first.plan_id)
+    assert answered is not None and answered.kind == "base" and answered.reason == "answered"
+    assert {r.id: r.status for r in answered.input_requests} == {"x:1": "pending", "gate:1": "answered"}
+    assert newest_info(await manager.list_checkpoints(first.plan_id)).waiting_for == []
+    done = await planner.execute_with_resume(vibe)
+    assert done.status == "completed" and done.pending_requests == [] and done.nodes_run == 1
+
+
+def newest_info(infos: list[CheckpointInfo]) -> CheckpointInfo:
+    return max(infos, key=lambda info: info.sequence)
+
+
+@pytest.mark.parametrize(("field", "value", "problem"), [
+    ("waiting_for", "gate:1", "'waiting_for'"),
+    ("input_requests", [{"id": "gate:1"}], "input_requests.0.node_id"),
+])
+async def test_a_delta_with_malformed_requests_is_corrupt(checkpoint_dir: Path, field: str, value: Any,
+                                                          problem: str) -> None:
+    nodes = [WorkflowNode(id="gate", kind="approval"), WorkflowNode(id="c", kind="noop")]
+    planner = make(checkpoint_dir, nodes)
+    waiting = await planner.execute_with_resume(Vibe(description="damaged requests"))
+    manager = planner.persistence_manager
+    tip = newest_info(await manager.list_checkpoints(waiting.plan_id))
+    path = Path(tip.path)
+    document = orjson.loads(path.read_bytes())
+    assert document["kind"] == "delta" and document["waiting_for"] == ["gate:1"]
+    document.pop("checksum")
+    document[field] = value
+    path.write_bytes(encode_checkpoint(document))  # its own checksum is right
+    if field == "waiting_for":  # what a listing reads
+        with pytest.raises(CheckpointCorruptError, match=re.escape(problem)) as info:
+            peek_summary(path.read_bytes(), path)
+        listed = newest_info(await manager.list_checkpoints(waiting.plan_id))
+        assert listed.error is not None and problem in listed.error
+    else:
+        with pytest.raises(CheckpointCorruptError, match=re.escape(problem)) as info:
+            await manager.get_checkpoint(tip.checkpoint_id)
+    assert info.value.path == path
