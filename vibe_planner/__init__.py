@@ -21,7 +21,9 @@ from ._exceptions import NodeError as NodeError
 from ._exceptions import NodeOutputError as NodeOutputError
 from ._exceptions import PlanLockedError as PlanLockedError
 from ._exceptions import PlanningError as PlanningError
+from ._exceptions import PlanStateError as PlanStateError
 from ._exceptions import PlanValidationError as PlanValidationError
+from ._exceptions import ServerStoppingError as ServerStoppingError
 from ._exceptions import StrayCancellationError as StrayCancellationError
 from ._exceptions import UnsafeCheckpointFolderError as UnsafeCheckpointFolderError
 from ._exceptions import VibePlannerError as VibePlannerError
@@ -95,12 +97,14 @@ __all__ = [
     "OfflinePlanner",
     "PlanCreated",
     "PlanLockedError",
+    "PlanStateError",
     "PlanValidationError",
     "Planner",
     "PlanningError",
     "ProgressEvent",
     "RetryPolicy",
     "RunFinished",
+    "ServerStoppingError",
     "SnapshotWrite",
     "Stored",
     "StrayCancellationError",

@@ -11,6 +11,8 @@ VibePlannerError
 │   └── StrayCancellationError                      a handler let out a stray cancellation
 ├── NodeOutputError               (also TypeError)   a node returned something that is not JSON
 ├── PlanLockedError                                  another process is running this plan
+├── PlanStateError                (also RuntimeError) the plan cannot do that now (running, idle)
+├── ServerStoppingError           (also RuntimeError) the service is shutting down
 └── CheckpointError
     ├── CheckpointNotFoundError   (also LookupError) no checkpoint with that id
     ├── CheckpointCorruptError                       a checkpoint or journal file cannot be trusted
@@ -41,8 +43,10 @@ __all__ = [
     "NodeError",
     "NodeOutputError",
     "PlanLockedError",
+    "PlanStateError",
     "PlanValidationError",
     "PlanningError",
+    "ServerStoppingError",
     "StrayCancellationError",
     "UnsafeCheckpointFolderError",
     "VibePlannerError",
@@ -201,6 +205,28 @@ class PlanLockedError(VibePlannerError):
         self.holder = holder
         who = f" by {holder}" if holder else ""
         super().__init__(f"plan {plan_id!r} is being run{who} (lock: {path})")
+
+
+class PlanStateError(VibePlannerError, RuntimeError):
+    """The plan is not in a state that allows the operation (it runs, or it does not).
+
+    Attributes:
+        plan_id: The plan.
+        reason: What is in the way, such as ``"is running already"``.
+
+    """
+
+    def __init__(self, plan_id: str, reason: str) -> None:
+        self.plan_id = plan_id
+        self.reason = reason
+        super().__init__(f"plan {plan_id!r} {reason}")
+
+
+class ServerStoppingError(VibePlannerError, RuntimeError):
+    """The service is shutting down and accepts no new runs (try again on the next one)."""
+
+    def __init__(self) -> None:
+        super().__init__("the server is shutting down and starts no new runs")
 
 
 class CheckpointError(VibePlannerError):
