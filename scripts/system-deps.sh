@@ -8,6 +8,8 @@
 set -euo pipefail
 
 NEEDED=(
+    # The dashboard's browser test (tests/test_dashboard.py) drives Debian's headless Chromium.
+    "chromium:chromium"
 )
 
 missing=()

@@ -91,7 +91,10 @@ async def _invalid_request(request: Request, exc: RequestValidationError) -> JSO
     # The offending input is not echoed: a bad request may carry anything, secrets included.
     problems = []
     for error in exc.errors()[:20]:
-        where = ".".join(str(part) for part in error.get("loc", ()))
+        parts = [str(part) for part in error.get("loc", ())]
+        if len(parts) > 6:
+            parts = [*parts[:4], "...", *parts[-2:]]
+        where = ".".join(parts)
         problems.append(f"{where}: {error.get('msg', 'invalid')}")
     return _error(422, "RequestValidationError", "invalid request: " + "; ".join(problems))
 

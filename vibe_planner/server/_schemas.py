@@ -36,7 +36,8 @@ class VibeBody(_Body):
     description: str
     style: str | None = None
     constraints: list[str] = Field(default_factory=list)
-    metadata: dict[str, JsonValue] = Field(default_factory=dict)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    """Checked by `Vibe` itself (depth, JSON types), whose error the answer carries."""
 
 
 class SubmitRequest(_Body):

@@ -27,6 +27,7 @@ from vibe_planner import (
     CheckpointNotFoundError,
     CheckpointWritten,
     ExecutionResult,
+    InvalidMetadataError,
     MetaPlanner,
     NodeCompleted,
     NodeFailed,
@@ -147,10 +148,16 @@ class PlanService:
             InvalidIdentifierError: *plan_id* is malformed.
             PlanStateError: The plan is running in this service already.
             CheckpointMismatchError: The plan id's checkpoints were made for another vibe.
+            InvalidMetadataError: *metadata* cannot be stored as JSON.
             ServerStoppingError: The service is shutting down.
 
         """
         plan_id = plan_id if plan_id is not None else vibe.default_plan_id()
+        if metadata is not None:
+            try:  # checked now, not in the background run: the caller is told, not the log
+                orjson.dumps(metadata)
+            except orjson.JSONEncodeError as exc:
+                raise InvalidMetadataError(str(exc)) from None
         if await self.manager.has_checkpoints(plan_id) and not fresh:  # validates the id too
             latest = await self.manager.latest(plan_id)
             if latest is not None and latest.vibe.fingerprint() != vibe.fingerprint():
