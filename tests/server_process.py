@@ -111,9 +111,11 @@ def stream(client: httpx.Client, plan_id: str, last_event_id: str | None = None)
         return list(sse_events(response))
 
 
-def wait_for(client: httpx.Client, plan_id: str, kinds: Sequence[str]) -> dict[str, Any]:
-    """Follow a plan's stream until an event of one of *kinds*; return it."""
-    with client.stream("GET", f"/v1/plans/{plan_id}/events") as response:
+def wait_for(client: httpx.Client, plan_id: str, kinds: Sequence[str],
+             last_event_id: str | None = None) -> dict[str, Any]:
+    """Follow a plan's stream (after *last_event_id*) until an event of one of *kinds*; return it."""
+    headers = {"Last-Event-ID": last_event_id} if last_event_id else {}
+    with client.stream("GET", f"/v1/plans/{plan_id}/events", headers=headers) as response:
         for event in sse_events(response):
             if event["event"] in kinds:
                 return event
