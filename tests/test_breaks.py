@@ -246,7 +246,7 @@ async def test_a_final_checkpoint_missing_a_node_is_corrupt(tmp_path: Path) -> N
 # -- smaller: the manager's cache of run ids is bounded, and eviction does not confuse retention ------
 @pytest.mark.anyio
 async def test_run_id_cache_is_bounded_and_retention_survives_eviction(tmp_path: Path) -> None:
-    from vibe_planner.persistence._manager import _RunIds
+    from vibe_planner.persistence._retention import RunIds as _RunIds
 
     async def work(ctx: NodeContext) -> str:
         return ctx.node.id

@@ -4,7 +4,9 @@ The manager speaks to a `CheckpointStore` (files by default) and owns everything
 does not: checkpoint ids and sequence numbers (allocated on the event loop, by the lease
 holder), the codec (handed to the store as ``encode``/``parse`` callables it runs off the
 loop), retention (``keep_last``, computed before a write so it goes in the same batch) and
-what a resume starts from (the latest snapshot plus the journals written after it).
+what a resume starts from (the latest snapshot plus the journals written after it). The
+rules of retention live in `_retention`, and the reading of summaries and resume points in
+`_reading`; this class sequences them against the store.
 
 Every method is async. It can be used on its own (to list, inspect, prune or delete
 checkpoints) or through `MetaPlanner`, which also uses it to record runs (see `RunRecorder`).
@@ -14,12 +16,9 @@ from __future__ import annotations
 
 import os
 import secrets
-import threading
-from collections import OrderedDict
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 import anyio
 
@@ -29,88 +28,25 @@ from .._exceptions import (
     CheckpointNotFoundError,
     CheckpointWriteError,
     PlanLockedError,
-    UnsafeCheckpointFolderError,
 )
 from .._ids import check_checkpoint_id, check_plan_id, checkpoint_sequence
-from .._models import Checkpoint, CheckpointInfo, ResultRecord, ResumePoint
-from ._codec import (
-    JournalRead,
-    decode_checkpoint,
-    decode_journal,
-    decode_resume_point,
-    encode_journal,
-    header_continues,
-    journal_continues,
-    journal_entries,
-    journal_results,
-    peek_summary,
-)
+from .._models import Checkpoint, CheckpointInfo, ResumePoint
+from ._codec import decode_checkpoint, decode_resume_point, encode_journal, journal_entries
 from ._file_store import FileCheckpointStore
-from ._store import CheckpointStore, Latest, Lease, SnapshotWrite, Stored, WriteBatch, journal_name
+from ._reading import (
+    Document,
+    Restored,
+    corrupt,
+    decode_journal_item,
+    journal_after,
+    parser,
+    plan_order,
+    summaries,
+)
+from ._retention import Held, RunIds, dead_journals, forget, journal_headers, newest_first
+from ._store import CheckpointStore, Latest, Lease, SnapshotWrite, WriteBatch, journal_name
 
 __all__ = ["Restored", "WorkflowPersistenceManager", "journal_name"]
-
-_Document = TypeVar("_Document", Checkpoint, ResumePoint)
-_UNREADABLE: dict[str, Any] = {}
-"""Stands for the header of a journal that could not be read (retention keeps it)."""
-
-
-class _RunIds:
-    """Checkpoint id → run id for the most recently seen checkpoints (thread-safe, bounded)."""
-
-    def __init__(self, capacity: int = 4096) -> None:
-        self._capacity = capacity
-        self._ids: OrderedDict[str, str] = OrderedDict()
-        self._mutex = threading.Lock()
-
-    def __contains__(self, checkpoint_id: object) -> bool:
-        return checkpoint_id in self._ids
-
-    def __len__(self) -> int:
-        return len(self._ids)
-
-    def __setitem__(self, checkpoint_id: str, run_id: str) -> None:
-        with self._mutex:
-            self._ids[checkpoint_id] = run_id
-            self._ids.move_to_end(checkpoint_id)
-            while len(self._ids) > self._capacity:
-                self._ids.popitem(last=False)
-
-    def get(self, checkpoint_id: str) -> str | None:
-        with self._mutex:
-            return self._ids.get(checkpoint_id)
-
-    def pop(self, checkpoint_id: str, default: None = None) -> str | None:
-        with self._mutex:
-            return self._ids.pop(checkpoint_id, default)
-
-
-@dataclass(frozen=True, slots=True)
-class Restored(Generic[_Document]):
-    """What a resume starts from: a checkpoint plus the journal records written after it."""
-
-    checkpoint: _Document
-    journal_records: list[ResultRecord]
-    journal_problem: str | None
-    """Why part of the journal was ignored (a torn tail), if it was."""
-
-
-@dataclass(eq=False)
-class _Held:
-    """A plan whose lease this manager holds, and what it knows of the plan meanwhile.
-
-    Only the lease holder adds snapshots and journals, so what it learnt when it took the
-    lease, plus what it wrote since, is the plan's content (deletions by others only make
-    retention delete what is already gone).
-    """
-
-    lease: Lease
-    next_sequence: int
-    checkpoints: set[str]
-    journals: dict[str, dict[str, Any] | None] | None = None
-    """Run id → its journal's header (``None`` if it has none); ``None`` until first needed."""
-    runs: set[str] = field(default_factory=set)
-    """Runs that have appended to their journal under this lease."""
 
 
 class WorkflowPersistenceManager:
@@ -141,8 +77,8 @@ class WorkflowPersistenceManager:
         self.keep_last = keep_last
         # Run ids of checkpoints seen lately (retention needs them): a bounded cache, not a
         # record of every checkpoint this manager ever touched.
-        self._run_of = _RunIds()
-        self._held: dict[str, _Held] = {}
+        self._run_of = RunIds()
+        self._held: dict[str, Held] = {}
 
     def __repr__(self) -> str:
         return f"WorkflowPersistenceManager({self.store.describe('').rstrip('/')!r})"
@@ -165,11 +101,11 @@ class WorkflowPersistenceManager:
         plans = [plan_id] if plan_id is not None else await self.store.plan_ids()
         groups = []
         for plan in plans:
-            infos = await self._infos(plan)
+            infos = await summaries(self.store, self._run_of, plan)
             if infos:
                 infos.sort(key=lambda i: i.sequence, reverse=True)
                 groups.append(infos)
-        groups.sort(key=_plan_order)
+        groups.sort(key=plan_order)
         return [info for group in groups for info in group]
 
     async def has_checkpoints(self, plan_id: str) -> bool:
@@ -221,9 +157,9 @@ class WorkflowPersistenceManager:
         for plan in [plan_id] if plan_id is not None else await self.store.plan_ids():
             parse = self._parser(plan, decode_checkpoint)
             for item in await self.store.read_checkpoints(plan, parse):
-                problems.extend(_corrupt(item))
-            for journal in await self.store.read_journals(plan, _decode_journal):
-                problems.extend(_corrupt(journal))
+                problems.extend(corrupt(item))
+            for journal in await self.store.read_journals(plan, decode_journal_item):
+                problems.extend(corrupt(journal))
                 if journal.value is not None and journal.value.problem is not None:
                     path = Path(self.store.describe(plan, journal_name(journal.name)))
                     problems.append(CheckpointCorruptError(path, journal.value.problem))
@@ -242,12 +178,11 @@ class WorkflowPersistenceManager:
         check_plan_id(plan_id)
         if keep_last < 1:
             raise ValueError(f"keep_last must be at least 1, got {keep_last}")
-        ids = sorted(await self.store.checkpoint_ids(plan_id), key=checkpoint_sequence, reverse=True)
-        doomed, kept = ids[keep_last:], ids[:keep_last]
+        doomed, kept = newest_first(await self.store.checkpoint_ids(plan_id), keep_last)
         for checkpoint_id in doomed:
             self._run_of.pop(checkpoint_id, None)
-        journals = await self._journal_headers(plan_id)
-        dead = await self._dead_journals(plan_id, kept, journals)
+        journals = await journal_headers(self.store, plan_id)
+        dead = await dead_journals(self.store, self._run_of, plan_id, kept, journals)
         await self.store.prune(plan_id, doomed, dead)
         self._forget(plan_id, doomed, dead)
         return doomed
@@ -282,7 +217,7 @@ class WorkflowPersistenceManager:
             raise PlanLockedError(plan_id, Path(self.store.describe(plan_id, ".lock")),
                                   f"pid={os.getpid()} (this process)")
         sequence = max((checkpoint_sequence(i) for i in ids), default=0) + 1
-        self._held[plan_id] = _Held(lease, sequence, set(ids))
+        self._held[plan_id] = Held(lease, sequence, set(ids))
         return lease
 
     async def renew(self, lease: Lease) -> Lease:
@@ -346,7 +281,7 @@ class WorkflowPersistenceManager:
         self._forget(plan_id, doomed, dead)
         return checkpoint_id
 
-    async def _commit(self, held: _Held, batch: WriteBatch) -> None:
+    async def _commit(self, held: Held, batch: WriteBatch) -> None:
         try:
             await self.store.commit(held.lease, batch)
         except CheckpointWriteError:
@@ -359,89 +294,33 @@ class WorkflowPersistenceManager:
 
     # -- retention ----------------------------------------------------------------------------
     async def _retention(
-        self, held: _Held, run_id: str, checkpoint_id: str | None
+        self, held: Held, run_id: str, checkpoint_id: str | None
     ) -> tuple[list[str], list[str]]:
         """Return what a write of *checkpoint_id* makes ``keep_last`` delete (ids, run ids)."""
         if self.keep_last is None or checkpoint_id is None:
             return [], []
         plan_id = held.lease.plan_id
-        ids = sorted({*held.checkpoints, checkpoint_id}, key=checkpoint_sequence, reverse=True)
-        doomed, kept = ids[self.keep_last :], ids[: self.keep_last]
+        doomed, kept = newest_first({*held.checkpoints, checkpoint_id}, self.keep_last)
         self._run_of[checkpoint_id] = run_id
         if held.journals is None:
-            held.journals = await self._journal_headers(plan_id)
+            held.journals = await journal_headers(self.store, plan_id)
         journals = dict(held.journals)
         if run_id not in journals and run_id in held.runs:
             journals[run_id] = None
-        return doomed, await self._dead_journals(plan_id, kept, journals)
+        return doomed, await dead_journals(self.store, self._run_of, plan_id, kept, journals)
 
-    async def _journal_headers(self, plan_id: str) -> dict[str, dict[str, Any] | None]:
-        """Return the header of every journal of a plan (`_UNREADABLE` for a damaged one)."""
-        items = await self.store.read_journals(plan_id, _journal_header)
-        return {item.name: _UNREADABLE if item.error is not None else item.value for item in items}
-
-    async def _dead_journals(
-        self, plan_id: str, kept: list[str], journals: dict[str, dict[str, Any] | None]
-    ) -> list[str]:
-        """Return the runs whose journals no kept checkpoint refers to.
-
-        A journal is kept if its run wrote a kept checkpoint, or if it continues one (a resumed
-        run not snapshotted yet: its header names the checkpoint), or if it is unreadable.
-        """
-        live_runs = set()
-        for checkpoint_id in kept:
-            run_id = self._run_of.get(checkpoint_id)
-            if run_id is None:
-                run_id = await self._learn_run(plan_id, checkpoint_id)
-            if run_id is None:
-                return []  # an unreadable kept checkpoint: keep every journal to be safe
-            live_runs.add(run_id)
-        kept_ids = set(kept)
-        return [run for run, header in journals.items()
-                if run not in live_runs and header is not _UNREADABLE
-                and not header_continues(header, run, kept_ids)]
-
-    async def _learn_run(self, plan_id: str, checkpoint_id: str) -> str | None:
-        """Read a checkpoint's run id (``None`` if it is unreadable or gone)."""
-        path = self._path(plan_id, checkpoint_id)
-        try:
-            summary = await self.store.read_checkpoint(
-                plan_id, checkpoint_id, lambda raw: peek_summary(raw, path))
-        except (CheckpointNotFoundError, CheckpointCorruptError, UnsafeCheckpointFolderError):
-            return None
-        self._run_of[checkpoint_id] = summary["run_id"]
-        return str(summary["run_id"])
-
-    def _forget(self, plan_id: str, checkpoint_ids: Iterable[str], run_ids: Iterable[str]) -> None:
-        """Drop deleted checkpoints and journals from what this manager knows."""
-        held = self._held.get(plan_id)
-        for checkpoint_id in checkpoint_ids:
-            self._run_of.pop(checkpoint_id, None)
-            if held is not None:
-                held.checkpoints.discard(checkpoint_id)
-        if held is not None and held.journals is not None:
-            for run_id in run_ids:
-                held.journals.pop(run_id, None)
+    def _forget(self, plan_id: str, checkpoint_ids: list[str], run_ids: list[str]) -> None:
+        forget(self._run_of, self._held.get(plan_id), checkpoint_ids, run_ids)
 
     # -- reading internals --------------------------------------------------------------------
-    def _path(self, plan_id: str, checkpoint_id: str) -> Path:
-        return Path(self.store.describe(plan_id, checkpoint_id + ".json"))
-
     def _parser(
-        self, plan_id: str, decode: Callable[[bytes, Path], _Document]
-    ) -> Callable[[str, bytes], _Document]:
-        """Return ``parse(checkpoint_id, raw)`` for the store; it also learns the run id."""
-
-        def parse(checkpoint_id: str, raw: bytes) -> _Document:
-            checkpoint = decode(raw, self._path(plan_id, checkpoint_id))
-            self._run_of[checkpoint_id] = checkpoint.run_id
-            return checkpoint
-
-        return parse
+        self, plan_id: str, decode: Callable[[bytes, Path], Document]
+    ) -> Callable[[str, bytes], Document]:
+        return parser(self.store, self._run_of, plan_id, decode)
 
     async def _read(
-        self, plan_id: str, checkpoint_id: str, decode: Callable[[bytes, Path], _Document]
-    ) -> _Document:
+        self, plan_id: str, checkpoint_id: str, decode: Callable[[bytes, Path], Document]
+    ) -> Document:
         parse = self._parser(plan_id, decode)
         return await self.store.read_checkpoint(plan_id, checkpoint_id, lambda raw: parse(checkpoint_id, raw))
 
@@ -454,85 +333,18 @@ class WorkflowPersistenceManager:
         return found[0]
 
     async def _restore(
-        self, decode: Callable[[bytes, Path], _Document], plan_id: str, checkpoint_id: str | None
-    ) -> Restored[_Document] | None:
+        self, decode: Callable[[bytes, Path], Document], plan_id: str, checkpoint_id: str | None
+    ) -> Restored[Document] | None:
         check_plan_id(plan_id)
         if checkpoint_id is not None:
             check_checkpoint_id(checkpoint_id)
             return Restored(await self._read(plan_id, checkpoint_id, decode), [], None)
         # One call: the newest snapshot and every journal, decoded off the loop.
-        found = await self.store.read_latest(plan_id, self._parser(plan_id, decode), _decode_journal)
+        found = await self.store.read_latest(plan_id, self._parser(plan_id, decode), decode_journal_item)
         if found is None:
             return None
-        records, problem = self._journal_after(found.checkpoint, found.journals)
+        records, problem = journal_after(self.store, found.checkpoint, found.journals)
         return Restored(found.checkpoint, records, problem)
-
-    def _journal_after(
-        self, checkpoint: Checkpoint | ResumePoint, journals: list[Stored[JournalRead]]
-    ) -> tuple[list[ResultRecord], str | None]:
-        """Return the journal records that postdate *checkpoint*, and why any were ignored.
-
-        Those are the records of the checkpoint's own run, then those of every run resumed
-        from it that crashed before its own first snapshot was durable (their journals start
-        with a header naming *checkpoint*). Runs are taken in name order; a node recorded by
-        several is taken from the first.
-        """
-        plan_id, own = checkpoint.plan_id, checkpoint.run_id
-        by_run = {item.name: item for item in journals}
-        known = {node.id for node in checkpoint.workflow_plan.nodes}
-        seen = set(checkpoint.completed_nodes)
-        records: list[ResultRecord] = []
-        problems: list[str] = []
-        others = sorted((r for r in by_run if r != own), key=journal_name)
-        for run in [own, *others] if own in by_run else others:
-            item = by_run[run]
-            if item.error is not None:
-                raise item.error
-            journal = item.value
-            if journal is None:
-                continue
-            if run != own and not journal_continues(journal, run, checkpoint.checkpoint_id):
-                continue
-            name = journal_name(run)
-            path = Path(self.store.describe(plan_id, name))
-            for record in journal_results(journal, run, known, path):
-                if record["node_id"] not in seen:
-                    seen.add(record["node_id"])
-                    records.append(record)
-            if journal.problem is not None:
-                problems.append(journal.problem if run == own else f"{name}: {journal.problem}")
-        return records, "; ".join(problems) or None
-
-    async def _infos(self, plan_id: str) -> list[CheckpointInfo]:
-        """Summarise every checkpoint of a plan (one call to the store)."""
-
-        def parse(checkpoint_id: str, raw: bytes) -> dict[str, Any]:
-            return peek_summary(raw, self._path(plan_id, checkpoint_id))
-
-        infos: list[CheckpointInfo] = []
-        for item in await self.store.read_checkpoints(plan_id, parse):
-            base: dict[str, Any] = {
-                "checkpoint_id": item.name, "plan_id": plan_id, "size_bytes": item.size,
-                "path": str(self._path(plan_id, item.name)), "sequence": checkpoint_sequence(item.name),
-            }
-            if item.value is None:
-                reason = getattr(item.error, "reason", str(item.error))
-                infos.append(CheckpointInfo(**base, created_at=None, reason=None, completed_nodes=0,
-                                            total_nodes=0, error=reason))
-                continue
-            summary = item.value
-            self._run_of[item.name] = summary["run_id"]
-            infos.append(CheckpointInfo(**base, created_at=summary["created_at"], reason=summary["reason"],
-                                        completed_nodes=summary["completed_nodes"],
-                                        total_nodes=summary["total_nodes"]))
-        return infos
-
-
-def _plan_order(infos: list[CheckpointInfo]) -> tuple[bool, float, str]:
-    """Sort key putting the most recently active plan first (see `list_checkpoints`)."""
-    # Wall-clock times only order plans against each other: they share no sequence.
-    times = [i.created_at.timestamp() for i in infos if i.created_at is not None]
-    return not times, -max(times, default=0.0), infos[0].plan_id
 
 
 def _bind(encode: Callable[[str, int], bytes], checkpoint_id: str, sequence: int) -> Callable[[], bytes]:
@@ -547,20 +359,3 @@ def _journal_bytes(
 
 def _header(run_id: str, resumed_from: str | None) -> dict[str, Any] | None:
     return None if resumed_from is None else {"run": run_id, "resumed_from": resumed_from}
-
-
-def _decode_journal(run_id: str, raw: bytes) -> JournalRead:
-    return decode_journal(raw)
-
-
-def _journal_header(run_id: str, raw: bytes) -> dict[str, Any] | None:
-    return decode_journal(raw).header
-
-
-def _corrupt(item: Stored[Any]) -> list[CheckpointCorruptError]:
-    """Return a bulk read's damage as a problem; an unsafe location is raised, as by a read."""
-    if isinstance(item.error, CheckpointCorruptError):
-        return [item.error]
-    if item.error is not None:
-        raise item.error
-    return []
