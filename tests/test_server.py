@@ -42,8 +42,11 @@ def test_a_plan_runs_in_the_background_and_its_events_stream_in_order(client: ht
     assert kinds.count("node_completed") == 11 and "node_failed" not in kinds
     numbers = [int(e["id"].rsplit("-", 1)[1]) for e in events]
     assert numbers == list(range(1, len(events) + 1))  # every event, numbered, in order
-    assert events[-1]["data"] == {"id": events[-1]["id"], "kind": "plan_ended", "plan_id": plan_id,
-                                  "status": "completed", "error": None}
+    last = events[-1]["data"]
+    assert last == {"id": events[-1]["id"], "at": last["at"], "kind": "plan_ended", "plan_id": plan_id,
+                    "status": "completed", "error": None}
+    stamps = [e["data"]["at"] for e in events]
+    assert stamps == sorted(stamps)
     plan = client.get(f"/v1/plans/{plan_id}").json()
     assert plan["status"] == "completed" and plan["live"] is True
     assert plan["progress"] == {"total": 11, "completed": 11, "running": 0, "failed": 0}

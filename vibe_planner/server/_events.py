@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import secrets
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -49,8 +50,8 @@ class EventLog:
         self._wake()
 
     def append(self, record: dict[str, Any]) -> None:
-        """Add one event and wake the streams waiting for it."""
-        self.records.append({"id": f"{self.epoch}-{len(self.records) + 1}", **record})
+        """Add one event (stamped ``at``: Unix time, seconds) and wake the streams waiting for it."""
+        self.records.append({"id": f"{self.epoch}-{len(self.records) + 1}", "at": time.time(), **record})
         self._wake()
 
     def end(self, record: dict[str, Any]) -> None:
