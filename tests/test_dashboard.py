@@ -52,6 +52,10 @@ def test_start_a_plan_and_watch_its_nodes_turn_complete(browser: BrowserContext,
         page.wait_for_function("window.vibePlanner.cy && window.vibePlanner.cy.nodes().length === 12")
         # Live: a node is seen running (from its node_started event) before the run ends.
         page.wait_for_function("Object.values(window.vibePlanner.nodes).some(n => n.status === 'running')")
+        if os.environ.get("DASHBOARD_SCREENSHOT"):  # how docs/service-dashboard.png is made
+            page.wait_for_function(
+                "Object.values(window.vibePlanner.nodes).filter(n => n.status === 'completed').length >= 5")
+            page.screenshot(path=os.environ["DASHBOARD_SCREENSHOT"])
         page.wait_for_function(
             "Object.values(window.vibePlanner.nodes).filter(n => n.status === 'completed').length === 12")
         page.wait_for_selector("#plan-status.completed")
@@ -60,8 +64,6 @@ def test_start_a_plan_and_watch_its_nodes_turn_complete(browser: BrowserContext,
         assert page.locator("#nodes tbody tr[data-status=completed]").count() == 12
         page.wait_for_selector("#checkpoints tbody tr:has-text('final')")
         page.wait_for_selector("#plans tbody tr:has-text('completed')")
-        if os.environ.get("DASHBOARD_SCREENSHOT"):  # how docs/service-dashboard.png is made
-            page.screenshot(path=os.environ["DASHBOARD_SCREENSHOT"])
         assert page.problems == []  # type: ignore[attr-defined]
         assert TOKEN not in server.log
 

@@ -54,6 +54,7 @@ def test_cancel_resume_and_the_409s_of_a_running_plan(tmp_path: Path) -> None:
         assert started["data"]["resumed_from"] == plan["latest_checkpoint"]["checkpoint_id"]
         assert client.post(f"/v1/plans/{plan_id}/cancel").json()["status"] == "cancelled"
         assert client.post("/v1/plans/never-seen/resume").status_code == 404
+        assert client.post("/v1/plans/never-seen/cancel").status_code == 404
         assert client.delete(f"/v1/plans/{plan_id}").status_code == 204
         assert not (tmp_path / ".vibe_checkpoints" / plan_id).exists()
 

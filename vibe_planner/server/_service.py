@@ -187,8 +187,10 @@ class PlanService:
 
     async def cancel(self, plan_id: str) -> LivePlan:
         """Cancel a running plan and wait until it has written its ``cancelled`` checkpoint."""
-        await self.manager.has_checkpoints(plan_id)  # validates the id
+        stored = await self.manager.has_checkpoints(plan_id)  # validates the id
         live = self._live.get(plan_id)
+        if live is None and not stored:
+            raise CheckpointNotFoundError(None, plan_id)
         if live is None or not live.active:
             raise PlanStateError(plan_id, "is not running")
         live.scope.cancel()

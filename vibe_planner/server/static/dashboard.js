@@ -136,13 +136,11 @@ function drawGraph(nodes) {
     }
     state.cy = cytoscape({
       container: $("graph"), elements, wheelSensitivity: 0.3,
-      layout: { name: "breadthfirst", directed: true, spacingFactor: 1.1,
-                roots: nodes.filter((n) => !n.depends_on.length).map((n) => "#" + CSS.escape(n.id)) },
+      layout: { name: "preset", positions: layered(nodes), fit: true, padding: 30 },
       style: [
         { selector: "node", style: { "background-color": (n) => COLOURS[n.data("status")] || COLOURS.pending,
                                      label: "data(label)", color: "#1d1d1f", "font-size": 11,
-                                     "text-valign": "bottom", "text-margin-y": 4, width: 26, height: 26,
-                                     "transition-property": "background-color", "transition-duration": "250ms" } },
+                                     "text-valign": "bottom", "text-margin-y": 4, width: 26, height: 26 } },
         { selector: "edge", style: { width: 1.5, "line-color": "#bdb9b1", "target-arrow-color": "#bdb9b1",
                                      "target-arrow-shape": "triangle", "curve-style": "bezier" } },
       ],
@@ -150,6 +148,26 @@ function drawGraph(nodes) {
     state.nodes = {};
   }
   for (const node of nodes) setNodeStatus(node.id, node.status, node.kind, true);
+}
+
+// Each node one column right of its deepest dependency (the longest path), spread in its column.
+function layered(nodes) {
+  const level = {};
+  const depth = (node) => {
+    if (level[node.id] === undefined) {
+      level[node.id] = 0;  // a cycle cannot happen (plans are DAGs); this only guards the recursion
+      level[node.id] = Math.max(-1, ...node.depends_on.map((d) => byId[d] ? depth(byId[d]) : -1)) + 1;
+    }
+    return level[node.id];
+  };
+  const byId = Object.fromEntries(nodes.map((n) => [n.id, n]));
+  const rows = [];
+  for (const node of nodes) (rows[depth(node)] ||= []).push(node.id);
+  const positions = {};
+  rows.forEach((row, x) => row.forEach((id, y) => {  // left to right, as the work flows
+    positions[id] = { x: x * 150, y: (y - (row.length - 1) / 2) * 70 };
+  }));
+  return positions;
 }
 
 function setNodeStatus(nodeId, status, kind, fromDetail = false) {
