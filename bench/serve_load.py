@@ -43,6 +43,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--plans", type=int, default=200, help="plans per round (and SSE clients)")
     parser.add_argument("--rounds", type=int, default=4, help="rounds (the first one warms up)")
     parser.add_argument("--delay", type=float, default=0.05, help="seconds per offline node")
+    parser.add_argument("--max-running", type=int, help="the server's --max-running (default: --plans)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "serve_load.json")
     return parser.parse_args(argv)
 
@@ -50,10 +51,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 class Server:
     """``vibe-planner serve --no-auth`` in a temporary folder."""
 
-    def __init__(self, folder: Path, plans: int, delay: float) -> None:
+    def __init__(self, folder: Path, plans: int, delay: float, max_running: int) -> None:
         env = {**os.environ, "VIBE_PLANNER_OFFLINE_DELAY": str(delay)}
         self.process = subprocess.Popen(
-            [str(SCRIPT), "serve", "--no-auth", "--port", "0", "--max-running", str(plans),
+            [str(SCRIPT), "serve", "--no-auth", "--port", "0", "--max-running", str(max_running),
              "--keep-finished", str(plans)],  # each round's logs stay replayable, no more
             cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self.url = ""
@@ -174,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; write the JSON results and print a Markdown table."""
     args = parse(argv)
     with tempfile.TemporaryDirectory(prefix="vp-serve-load-") as folder:
-        server = Server(Path(folder), args.plans, args.delay)
+        server = Server(Path(folder), args.plans, args.delay, args.max_running or args.plans)
         try:
             memory = [round(server.rss_mib(), 1)]
             rounds = []
@@ -189,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
             server.stop()
     result = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
               "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "delay_s": args.delay,
+              "max_running": args.max_running or args.plans,
               "load_average_1min_after": round(os.getloadavg()[0], 1), "niceness": os.nice(0),
               "rss_start_mib": memory[0], "rounds": rounds}
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -100,6 +100,18 @@ def test_sigterm_leaves_cancelled_checkpoints_and_the_next_start_resumes(tmp_pat
         assert f"resumed plan {ids[0]}" in server.log
 
 
+def test_after_a_sigkill_the_next_start_resumes_the_plans_that_were_running(tmp_path: Path) -> None:
+    with ServerProcess(tmp_path, delay=60) as server, server.client() as client:
+        plan_id = submit(client, "killed mid-run")
+        wait_for(client, plan_id, ["node_started"])
+        server.kill()
+    assert latest_reason(tmp_path, plan_id) == "planned"  # no goodbye: the process just died
+    with ServerProcess(tmp_path) as server, server.client() as client:
+        events = stream(client, plan_id)
+        assert events[0]["data"]["resumed_from"] is not None
+        assert events[-1]["data"]["status"] == "completed"
+
+
 def test_tokens_and_api_keys_reach_no_answer_event_log_or_file(tmp_path: Path) -> None:
     plan = json.dumps({"nodes": [{"id": "outline", "instructions": "Outline it."},
                                  {"id": "draft", "instructions": "Draft it.", "depends_on": ["outline"]}]})

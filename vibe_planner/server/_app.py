@@ -60,8 +60,10 @@ def create_app(
         async with service:
             yield
 
+    # No /docs or /redoc: their pages load scripts from a CDN, and nothing here uses the network.
     app = FastAPI(title="vibe-planner", version=vibe_planner.__version__, lifespan=lifespan,
-                  description="Plan a vibe into a DAG, run it, watch it live, resume it.")
+                  description="Plan a vibe into a DAG, run it, watch it live, resume it.",
+                  docs_url=None, redoc_url=None)
     service.secrets.extend(tokens)
     app.include_router(create_router(service, tokens=tokens))
     install_error_handlers(app)
