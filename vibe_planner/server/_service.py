@@ -113,11 +113,15 @@ class PlanService:
             await self._resume_left_over()
         return self
 
-    async def __aexit__(self, *exc_info: Any) -> None:
+    async def __aexit__(self, *exc_info: Any) -> bool | None:
         assert self._tg is not None
-        await self.drain()
-        self._tg.cancel_scope.cancel()  # the dispatcher
-        await self._tg.__aexit__(None, None, None)
+        try:
+            with anyio.CancelScope(shield=True):  # even when cancelled: every run says so on disk
+                await self.drain()
+        finally:
+            self._tg.cancel_scope.cancel()  # the dispatcher
+            suppress = await self._tg.__aexit__(*exc_info)
+        return suppress
 
     @property
     def accepting(self) -> bool:
@@ -283,9 +287,8 @@ class PlanService:
             async for event in events:
                 self._record(event)
                 self._processed += 1
-                if events.statistics().current_buffer_used == 0:
-                    self._caught_up.set()
-                    self._caught_up = anyio.Event()
+                self._caught_up.set()
+                self._caught_up = anyio.Event()
 
     def _record(self, event: ProgressEvent) -> None:
         live = self._live.get(event.plan_id)
