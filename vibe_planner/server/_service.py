@@ -240,10 +240,17 @@ class PlanService:
             raise PlanStateError(plan_id, "is running already")
         log = previous.log if previous is not None else EventLog()
         live = LivePlan(plan_id, vibe, log, fresh=fresh)
-        self._live[plan_id] = live
+        self._live[plan_id] = live  # from here on, a second submission of the plan is refused
+        try:
+            await self._write_marker(live)
+        except BaseException:
+            if previous is not None:
+                self._live[plan_id] = previous
+            else:
+                del self._live[plan_id]
+            raise
         self._finished.pop(plan_id, None)
         log.begin()
-        await self._write_marker(live)
         self._tg.start_soon(self._run, live, call, name=f"vibe-planner plan {plan_id}")
         return live
 
@@ -258,7 +265,8 @@ class PlanService:
                     except VibePlannerError as exc:
                         live.fail(exc, self.scrub)
                     except Exception as exc:
-                        logger.error("plan %s: %s: %s", live.plan_id, type(exc).__name__, exc)
+                        logger.error("plan %s: %s: %s", live.plan_id, type(exc).__name__,
+                                     self.scrub(str(exc)))
                         live.fail(exc, self.scrub)
             if result is not None:
                 live.finish(result)
