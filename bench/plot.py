@@ -44,14 +44,16 @@ def plot(results: dict[str, Any], path: Path) -> Path | None:
     sweep = any(r["workload"]["key"] == "slow" for r in results.values())
     if not panels and not sweep:
         return None
-    columns = 3
-    rows = (len(panels) + sweep + columns - 1) // columns
-    fig, axes = plt.subplots(rows, columns, figsize=(16, 4.6 * rows), squeeze=False)
+    count = len(panels) + 2 * sweep
+    columns = min(3, count)
+    rows = (count + columns - 1) // columns
+    fig, axes = plt.subplots(rows, columns, figsize=(16 * columns / 3, 4.6 * rows), squeeze=False)
     for ax, panel in zip(axes.flat, panels, strict=False):
         _panel(ax, results[panel[0]], *panel[1:])
     rest = list(axes.flat)[len(panels):]
     if sweep:
         plot_sweep(results, rest.pop(0))
+        plot_sweep(results, rest.pop(0), ratio=True)
     for ax in rest:
         ax.axis("off")
     fig.tight_layout()
@@ -108,8 +110,8 @@ def _log_axis(ax: Any) -> None:
     ax.tick_params(axis="y", which="minor", labelsize=7)
 
 
-def plot_sweep(results: dict[str, Any], ax: Any, key: str = "slow") -> bool:
-    """Draw bytes written against plan size, one line per system; whether there was anything."""
+def plot_sweep(results: dict[str, Any], ax: Any, key: str = "slow", *, ratio: bool = False) -> bool:
+    """Draw bytes written (or, with *ratio*, bytes ÷ (outputs + plan)) against plan size."""
     sweep = sorted((r for r in results.values() if r["workload"]["key"] == key),
                    key=lambda r: r["workload"]["size"])
     if not sweep:
@@ -119,14 +121,14 @@ def plot_sweep(results: dict[str, Any], ax: Any, key: str = "slow") -> bool:
         points = []
         for result in sweep:
             entry = result["systems"].get(name, {})
-            stats = entry.get("summary", {}).get("written_mb")
+            stats = entry.get("summary", {}).get("over_data" if ratio else "written_mb")
             if stats and not entry.get("skipped"):
                 points.append((result["workload"]["size"], stats["median"]))
         if points and any(y for _, y in points):
             family = sweep[0]["systems"][name]["family"]
             ax.plot(*zip(*points, strict=True), marker="o", label=name,
                     color=_COLOURS.get(family, ("#444",) * 3)[index % 3])
-    data = [(r["workload"]["size"], (r["workload"]["size"] * r["workload"]["output_bytes"]
+    data = [(r["workload"]["size"], 1.0 if ratio else (r["workload"]["size"] * r["workload"]["output_bytes"]
              + r["workload"]["plan_bytes"]) / 1e6) for r in sweep]
     ax.plot(*zip(*data, strict=True), linestyle=":", color="#555", label="outputs + plan")
     ax.plot([x for x, _ in data], [3 * y for _, y in data], linestyle="--", color="#b00",
@@ -135,7 +137,8 @@ def plot_sweep(results: dict[str, Any], ax: Any, key: str = "slow") -> bool:
     _log_axis(ax)
     ax.set_xticks([x for x, _ in data], [f"{x:,}" for x, _ in data])
     ax.set_xlabel("nodes", fontsize=8)
-    ax.set_title("6. Slow nodes, 1 KB outputs: MB written vs plan size", fontsize=9)
+    what = "MB written ÷ (outputs + plan)" if ratio else "MB written"
+    ax.set_title(f"6. Slow nodes, 1 KB outputs: {what} vs plan size", fontsize=9)
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     return True

@@ -45,3 +45,24 @@ def allow_bodies(allow_file: Path, count: int) -> None:
     temporary = allow_file.with_name(allow_file.name + ".tmp")
     temporary.write_text(str(count))
     os.replace(temporary, allow_file)
+
+
+def completed_in_chain(folder: Path, document: dict[str, object]) -> set[str]:
+    """Nodes completed as of a checkpoint *document* of *folder*, read as docs/checkpoints.md
+    says, without the library: a base lists them; a delta adds to its parent's those its journal
+    range names (journaled results are completed ones) and those of its own results."""
+    import orjson
+
+    done: set[str] = set()
+    chain = [document]
+    while chain[-1].get("kind") == "delta":
+        parent = orjson.loads((folder / f"{chain[-1]['parent']}.json").read_bytes())
+        chain.append(parent)
+    done.update(chain[-1]["completed_nodes"])  # type: ignore[arg-type]
+    for delta in reversed(chain[:-1]):
+        journal = delta["journal"]
+        if journal:
+            done.update(journal["nodes"])  # type: ignore[index]
+        for node_id, result in delta["node_results"].items():  # type: ignore[attr-defined]
+            (done.add if result["status"] == "completed" else done.discard)(node_id)
+    return done

@@ -85,8 +85,12 @@ def _run(run_as: str | None, argv: list[str], **kwargs: Any) -> subprocess.Compl
                           cwd="/", **extra, **kwargs)
 
 
-def start() -> PostgresServer:
-    """Create and start a new server (see the module docstring)."""
+def start(*, durable: bool = False) -> PostgresServer:
+    """Create and start a new server (see the module docstring).
+
+    The tests' server does not fsync (its durability is not what they test); *durable* turns
+    fsync and synchronous commits back on, as a benchmark against the file store needs.
+    """
     run_as = _RUN_AS if os.geteuid() == 0 else None
     folder = Path(tempfile.mkdtemp(prefix="vibe-pg-"))
     if run_as is not None:
@@ -102,7 +106,7 @@ def start() -> PostgresServer:
         _run(run_as, [_binary("initdb"), "-D", str(server.data), "-U", _USER, "--pwfile", str(pwfile),
                       "--auth=scram-sha-256", "-E", "UTF8", "--no-sync"])
         pwfile.unlink()
-        _start_on_a_free_port(server)
+        _start_on_a_free_port(server, durable)
         _run(run_as, [_binary("psql"), "-d", f"postgresql://{_USER}@127.0.0.1:{server.port}/postgres",
                       "-c", f"CREATE DATABASE {_DATABASE}"], env={**os.environ, "PGPASSWORD": password})
     except subprocess.CalledProcessError as exc:
@@ -113,10 +117,10 @@ def start() -> PostgresServer:
     return server
 
 
-def _start_on_a_free_port(server: PostgresServer) -> None:
-    options = ("-c listen_addresses=127.0.0.1 -c unix_socket_directories='' -c fsync=off "
-               "-c synchronous_commit=off -c full_page_writes=off -c max_connections=300 "
-               "-c shared_buffers=32MB")
+def _start_on_a_free_port(server: PostgresServer, durable: bool) -> None:
+    options = "-c listen_addresses=127.0.0.1 -c unix_socket_directories='' -c max_connections=300 "
+    options += "-c shared_buffers=64MB" if durable else \
+        "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c shared_buffers=32MB"
     for attempt in range(5):  # the port may be taken between choosing it and binding it
         server.port = _free_port()
         try:

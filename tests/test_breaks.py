@@ -224,7 +224,7 @@ async def test_a_final_checkpoint_missing_a_node_is_corrupt(tmp_path: Path) -> N
     async def work(ctx: NodeContext) -> str:
         return ctx.node.id
 
-    manager = WorkflowPersistenceManager(tmp_path / "cp")
+    manager = WorkflowPersistenceManager(tmp_path / "cp", base_ratio=0)  # whole documents
     planner = MetaPlanner(planner=StaticPlanner([node("a"), node("b", "a")]), handlers={"work": work},
                           persistence_manager=manager)
     result = await planner.execute_with_resume("missing result")
@@ -251,14 +251,16 @@ async def test_run_id_cache_is_bounded_and_retention_survives_eviction(tmp_path:
     async def work(ctx: NodeContext) -> str:
         return ctx.node.id
 
-    manager = WorkflowPersistenceManager(tmp_path / "cp", keep_last=2)
+    # Every snapshot a base, so that keep_last=2 keeps exactly two (chains: tests/test_chains.py).
+    manager = WorkflowPersistenceManager(tmp_path / "cp", keep_last=2, base_ratio=0)
     manager._run_of = _RunIds(capacity=4)
+    manager._base_of = _RunIds(capacity=4)
     planner = MetaPlanner(planner=StaticPlanner([node("a"), node("b", "a")]), handlers={"work": work},
                           persistence_manager=manager, checkpoint_interval=1)
     for i in range(12):
         result = await planner.execute_with_resume(f"plan {i}")
         assert result.status == "completed"
-        assert len(manager._run_of) <= 4
+        assert len(manager._run_of) <= 4 and len(manager._base_of) <= 4
     for i in range(12):
         plan_id = Vibe(description=f"plan {i}").default_plan_id()
         infos = await manager.list_checkpoints(plan_id)

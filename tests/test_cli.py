@@ -22,10 +22,11 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO
 
+import anyio
 import pytest
 
 import vibe_planner
-from vibe_planner import Checkpoint, ExecutionResult, Vibe, WorkflowPlan
+from vibe_planner import Checkpoint, ExecutionResult, Vibe, WorkflowPersistenceManager, WorkflowPlan
 from vibe_planner.cli import main
 
 SCRIPT = Path(sys.executable).parent / "vibe-planner"
@@ -74,6 +75,12 @@ def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
 
 def checkpoint_files(folder: Path) -> list[Path]:
     return sorted(folder.glob("*/cp-*.json"))
+
+
+def stored_checkpoints(folder: Path) -> list[Checkpoint]:
+    """The checkpoints of *folder* as the library reads them (a delta's file holds a part)."""
+    manager = WorkflowPersistenceManager(folder)
+    return [anyio.run(manager.get_checkpoint, path.stem) for path in checkpoint_files(folder)]
 
 
 class LineReader:
@@ -266,13 +273,19 @@ def test_checkpoints_delete(finished: Path, tmp_path: Path) -> None:
 
 def test_checkpoints_prune(finished: Path, tmp_path: Path) -> None:
     files = checkpoint_files(finished)
+    # The newest two are kept, and the older checkpoints their chains need (from their bases).
+    newest = [json.loads(f.read_bytes()) for f in files[-2:]]
+    needed_from = min(int(d.get("base", d["checkpoint_id"]).split("-")[1]) for d in newest)
+    doomed = [f for f in files[:-2] if int(f.stem.split("-")[1]) < needed_from]
+    kept = files[len(doomed):]
+    extra = f" and {len(kept) - 2} older one(s) their chains need" if len(kept) > 2 else ""
     result = cli(tmp_path, "checkpoints", "prune", PLAN_ID, "--keep-last", "2", *CP)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == [
-        *[f"deleted checkpoint {f.stem}" for f in reversed(files[:-2])],
-        f"plan {PLAN_ID}: deleted {len(files) - 2} checkpoint(s), kept the newest 2",
+        *[f"deleted checkpoint {f.stem}" for f in reversed(doomed)],
+        f"plan {PLAN_ID}: deleted {len(doomed)} checkpoint(s), kept the newest 2{extra}",
     ]
-    assert checkpoint_files(finished) == files[-2:]
+    assert checkpoint_files(finished) == kept
 
 
 def test_verify_names_every_corrupt_file_and_changes_nothing(finished: Path, tmp_path: Path) -> None:
@@ -355,7 +368,7 @@ def test_ctrl_c_saves_a_cancelled_checkpoint_then_resume_finishes(tmp_path: Path
     assert err == ("vibe-planner: interrupted; progress is saved; resume with: "
                    f"vibe-planner resume {PLAN_ID} --checkpoint-dir cps\n")
     assert re.search(r"\] checkpoint cp-\S+ written \(cancelled, [1-9]/11\)\n", out)
-    stored = [Checkpoint.model_validate_json(f.read_bytes()) for f in checkpoint_files(tmp_path / "cps")]
+    stored = stored_checkpoints(tmp_path / "cps")
     assert [c.reason for c in stored] == ["planned", "cancelled"]
     cancelled = stored[-1]
     assert cancelled.completed_nodes and cancelled.pending_nodes
@@ -378,8 +391,7 @@ def test_closed_output_cancels_the_run_quietly(tmp_path: Path) -> None:
         proc.stdout.close()
         assert proc.wait(timeout=15) == 1
         assert proc.stderr.read() == b""
-    reasons = [Checkpoint.model_validate_json(f.read_bytes()).reason
-               for f in checkpoint_files(tmp_path / "cps")]
+    reasons = [checkpoint.reason for checkpoint in stored_checkpoints(tmp_path / "cps")]
     assert reasons == ["planned", "cancelled"]
 
 
@@ -490,4 +502,4 @@ def test_docs_synopses_match_the_help(capsys: pytest.CaptureFixture[str]) -> Non
         for option in re.findall(r"--[a-z-]+", line):
             assert option in helps[command], (line, option)
     assert helps[("checkpoints", "prune")].startswith("usage: vibe-planner checkpoints prune")
-    assert len(helps) == 10
+    assert len(helps) == 12

@@ -42,7 +42,8 @@ VIBE = "a haiku about tea"
 
 
 async def run_and_collect(checkpoint_dir: Path) -> tuple[str, dict[str, Path]]:
-    manager = WorkflowPersistenceManager(checkpoint_dir)
+    # Whole documents (every snapshot a base): deltas and chains are tests/test_chains.py's.
+    manager = WorkflowPersistenceManager(checkpoint_dir, base_ratio=0)
     result = await MetaPlanner(persistence_manager=manager).execute(VIBE)
     assert result.status == "completed"
     folder = checkpoint_dir / result.plan_id
@@ -136,6 +137,7 @@ def test_peek_summary(final_checkpoint: tuple[bytes, Path]) -> None:
     raw, path = final_checkpoint
     checkpoint = decode_checkpoint(raw, path)
     assert peek_summary(raw, path) == {
+        "base": checkpoint.checkpoint_id,  # a base is its own chain's base
         "checkpoint_id": checkpoint.checkpoint_id,
         "plan_id": checkpoint.plan_id,
         "run_id": checkpoint.run_id,
@@ -283,7 +285,7 @@ def test_documents_that_are_not_checkpoints(raw: bytes, words: str, tmp_path: Pa
     assert words in corrupt(raw, path).reason
 
 
-@pytest.mark.parametrize("version", [99, 2, 0, -1])
+@pytest.mark.parametrize("version", [99, SCHEMA_VERSION + 1, 0, -1])
 def test_unsupported_schema_version(
     version: int, final_checkpoint: tuple[bytes, Path]
 ) -> None:
@@ -565,7 +567,7 @@ def test_a_canonical_document_is_decoded_without_parsing_it_first(
     async def work(ctx: NodeContext) -> dict[str, Any]:
         return {"id": ctx.node.id, "inputs": sorted(ctx.inputs)}
 
-    manager = WorkflowPersistenceManager(tmp_path / "cp")
+    manager = WorkflowPersistenceManager(tmp_path / "cp", base_ratio=0)  # every snapshot a base
     planner = MetaPlanner(planner=StaticPlanner([node("a"), node("b", "a")]), handlers={"work": work},
                           persistence_manager=manager)
     result = anyio.run(planner.execute, "fast path")

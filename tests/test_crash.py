@@ -15,7 +15,7 @@ import anyio
 import orjson
 import pytest
 
-from tests.helpers import allow_bodies
+from tests.helpers import allow_bodies, completed_in_chain
 from vibe_planner import Vibe, WorkflowPersistenceManager
 
 WORKER = Path(__file__).with_name("crash_worker.py")
@@ -24,7 +24,8 @@ SLACK = 10  # node bodies an attempt may run past its kill target: two interval 
 
 def recorded_completed(checkpoint_dir: Path, plan_id: str) -> set[str]:
     """Completed nodes per the files on disk, read independently of the library's own loader:
-    the newest snapshot's ``completed_nodes``, every intact record of its run's journal, and
+    those of the newest snapshot (a base's ``completed_nodes``, or a delta's chain), every
+    intact record of its run's journal, and
     those of every journal whose header says it continues that snapshot (a resumed run that
     died before its own first snapshot)."""
     folder = checkpoint_dir / plan_id
@@ -32,7 +33,7 @@ def recorded_completed(checkpoint_dir: Path, plan_id: str) -> set[str]:
     if not snapshots:
         return set()
     document = orjson.loads(snapshots[-1].read_bytes())
-    done = set(document["completed_nodes"])
+    done = completed_in_chain(folder, document)
     for journal in folder.glob("journal-*.jsonl"):
         run_id = journal.name.removeprefix("journal-").removesuffix(".jsonl")
         entries = intact_entries(journal)

@@ -5,9 +5,11 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import orjson
 import pytest
 
 from vibe_planner import MetaPlanner, NodeContext, TokenUsage, WorkflowPersistenceManager
+from vibe_planner._models import SCHEMA_VERSION
 
 pytestmark = pytest.mark.anyio
 EXAMPLES = Path(__file__).resolve().parent.parent / ".vibe_checkpoints.example"
@@ -27,12 +29,16 @@ async def test_every_example_file_verifies_and_loads(tmp_path: Path) -> None:
     assert await manager.verify() == []
     infos = await manager.list_checkpoints()
     assert len(infos) >= 4 and all(info.error is None for info in infos)
-    reasons = set()
+    reasons, kinds = set(), set()
     for info in infos:
         checkpoint = await manager.get_checkpoint(info.checkpoint_id)
-        assert checkpoint.schema_version == 1
+        assert checkpoint.schema_version == SCHEMA_VERSION
+        assert orjson.loads(Path(info.path).read_bytes())["schema_version"] == SCHEMA_VERSION
         reasons.add(checkpoint.reason)
+        kinds.add(checkpoint.kind)
+        assert info.completed_nodes == len(checkpoint.completed_nodes)
     assert {"planned", "final"} <= reasons
+    assert kinds == {"base", "delta"}  # both kinds of file, as docs/checkpoints.md describes
     failed = await manager.latest("release-notes-2-0")
     assert failed is not None and failed.failed_nodes == ["publish"]
     assert failed.node_results["announce"].status == "skipped"

@@ -211,7 +211,8 @@ async def test_keep_last_prunes_snapshots_and_journals(tmp_path: Path) -> None:
             await written.wait()
         return 1
 
-    manager = WorkflowPersistenceManager(tmp_path / "cp", keep_last=2)
+    # Every snapshot a base: K files are exactly the newest K (chains: tests/test_chains.py).
+    manager = WorkflowPersistenceManager(tmp_path / "cp", keep_last=2, base_ratio=0)
     planner = MetaPlanner(planner=StaticPlanner(random_dag(60, 1)), handlers={"work": work},
                           persistence_manager=manager, checkpoint_interval=5, max_concurrency=2,
                           progress_callback=on_event)
@@ -266,15 +267,32 @@ async def test_files_are_owner_only_and_documents_look_as_documented(tmp_path: P
     assert folder.stat().st_mode & 0o777 == 0o700
     for path in folder.iterdir():
         assert path.stat().st_mode & 0o777 == 0o600, path
+    planned = folder / f"{result.checkpoints_written[0]}.json"
+    base = orjson.loads(planned.read_bytes())
+    assert sorted(base) == sorted([
+        "schema_version", "kind", "checkpoint_id", "sequence", "plan_id", "run_id", "created_at",
+        "reason", "vibe", "workflow_plan", "completed_nodes", "pending_nodes", "failed_nodes",
+        "node_results", "usage", "metadata", "checksum"])
+    assert (base["reason"], base["schema_version"], base["kind"]) == ("planned", 2, "base")
     final = folder / f"{result.checkpoints_written[-1]}.json"
     document = orjson.loads(final.read_bytes())
     assert sorted(document) == sorted([
-        "schema_version", "checkpoint_id", "sequence", "plan_id", "run_id", "created_at", "reason",
-        "vibe", "workflow_plan", "completed_nodes", "pending_nodes", "failed_nodes", "node_results",
+        "schema_version", "kind", "checkpoint_id", "sequence", "plan_id", "run_id", "created_at",
+        "reason", "base", "parent", "parent_checksum", "node_results", "journal", "counts",
         "usage", "metadata", "checksum"])
-    assert document["reason"] == "final" and document["schema_version"] == 1
+    assert (document["reason"], document["schema_version"], document["kind"]) == ("final", 2, "delta")
     assert document["checksum"].startswith("sha256:")
-    assert document["node_results"]["d"]["output"] == {"id": "d", "inputs": ["b", "c"]}
+    assert document["base"] == base["checkpoint_id"]
+    assert document["counts"] == {"completed": 5, "failed": 0, "total": 5}
+    # Completed results are in the journal (written once); the delta points at them.
+    chain = [orjson.loads((folder / f"{i}.json").read_bytes()) for i in result.checkpoints_written[1:]]
+    assert [d["parent"] for d in chain] == result.checkpoints_written[:-1]
+    pointed = [n for d in chain if d["journal"] for n in d["journal"]["nodes"]]
+    journal = (folder / f"journal-{result.run_id}.jsonl").read_bytes().splitlines()
+    records = [orjson.loads(line[9:])["result"] for line in journal]
+    assert pointed == [r["node_id"] for r in records] and sorted(pointed) == ["a", "b", "c", "d", "e"]
+    assert records[pointed.index("d")]["output"] == {"id": "d", "inputs": ["b", "c"]}
+    assert all(d["node_results"] == {} for d in chain)
     assert os.path.basename(final).startswith(f"cp-{document['sequence']:08d}-")
 
 

@@ -148,6 +148,23 @@ async def test_parse_errors_of_one_checkpoint_do_not_stop_a_bulk_read(store: Che
     assert items[CP1].value is None and isinstance(items[CP1].error, CheckpointCorruptError)
 
 
+async def test_read_many_returns_the_snapshots_asked_for_in_that_order(store: CheckpointStore) -> None:
+    await leased(store, "p", CP1, CP2, CP3)
+
+    def parse(key: str, data: bytes) -> bytes:
+        if key == CP2:
+            raise CheckpointCorruptError(Path(store.describe("p", key + ".json")), "bad")
+        return data
+
+    items = await store.read_many("p", [CP3, CP10, CP2, CP1], parse)  # CP10 does not exist
+    assert [item.name for item in items] == [CP3, CP2, CP1]
+    assert items[0].value == f"snapshot {CP3}".encode() and items[0].error is None
+    assert items[1].value is None and isinstance(items[1].error, CheckpointCorruptError)
+    assert items[2].value == f"snapshot {CP1}".encode()
+    assert await store.read_many("p", [], parse) == []
+    assert await store.read_many("other", [CP1], parse) == []
+
+
 async def test_encode_and_parse_run_off_the_event_loop(store: CheckpointStore) -> None:
     loop_thread = threading.get_ident()
     threads: list[int] = []
@@ -371,7 +388,9 @@ async def test_runs_resume_and_retention_work_on_every_store(store: CheckpointSt
         calls.append(ctx.node.id)
         return ctx.node.id
 
-    manager = WorkflowPersistenceManager(store=store, keep_last=2)
+    # Every snapshot a base, so that keep_last=2 keeps exactly two (chains on every store:
+    # tests/test_chains.py).
+    manager = WorkflowPersistenceManager(store=store, keep_last=2, base_ratio=0)
     nodes = [node("a"), node("b", "a"), node("c", "b"), node("d", "c")]
     planner = MetaPlanner(planner=StaticPlanner(nodes), handlers={"work": work},
                           persistence_manager=manager, checkpoint_interval=1)

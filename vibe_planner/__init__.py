@@ -60,6 +60,7 @@ from .persistence._store import WriteBatch as WriteBatch
 from .planning import LLMPlanner as LLMPlanner
 from .planning import OfflinePlanner as OfflinePlanner
 from .planning import Planner as Planner
+from .workers._worker import Worker as Worker
 
 __version__ = "0.1.0"
 
@@ -119,6 +120,7 @@ __all__ = [
     "UnsafeCheckpointFolderError",
     "Vibe",
     "VibePlannerError",
+    "Worker",
     "WorkflowNode",
     "WorkflowPersistenceManager",
     "WorkflowPlan",

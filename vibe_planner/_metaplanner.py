@@ -45,6 +45,7 @@ from .persistence._recorder import Durability, open_recorder
 from .persistence._store import Lease
 from .planning import LLMPlanner, OfflinePlanner, Planner
 from .planning._offline import offline_llm_handler
+from .workers._queue import PlanQueue
 
 __all__ = ["MetaPlanner", "VibeLike"]
 
@@ -263,6 +264,22 @@ class MetaPlanner:
             if restored is None:
                 raise CheckpointNotFoundError(None, plan_id)
             return await self._resume(restored, None, from_latest=checkpoint_id is None)
+
+    async def submit(
+        self, vibe: VibeLike, *, plan_id: str | None = None, metadata: Mapping[str, Any] | None = None
+    ) -> str:
+        """Queue *vibe* for the workers of this planner's PostgreSQL store; return its plan id.
+
+        A `Worker` (``vibe-planner worker``) on the same store plans and runs it. A plan
+        already queued or running is left as it is; one that ended is queued again (a
+        completed one then just returns its stored result). Raises `TypeError` if the store
+        is not a `PostgresCheckpointStore`.
+        """
+        metadata = check_metadata(metadata)
+        vibe = as_vibe(vibe)
+        plan_id = check_plan_id(plan_id) if plan_id is not None else vibe.default_plan_id()
+        await PlanQueue.of(self.persistence_manager.store).submit(plan_id, vibe, metadata)
+        return plan_id
 
     # -- checkpoints ----------------------------------------------------------------------------
     async def create_checkpoint(

@@ -26,6 +26,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "Checkpoint",
     "CheckpointInfo",
+    "CheckpointKind",
     "CheckpointReason",
     "ErrorInfo",
     "ExecutionResult",
@@ -38,8 +39,16 @@ __all__ = [
     "WorkflowPlan",
 ]
 
-SCHEMA_VERSION = 1
-"""Version of the checkpoint document written by this release."""
+SCHEMA_VERSION = 2
+"""Version of the checkpoint document written by this release (2: bases and deltas)."""
+
+CheckpointKind = Literal["base", "delta"]
+"""How a checkpoint is stored.
+
+- ``base``: the file holds the whole state (every version-1 file is one).
+- ``delta``: the file holds what changed since the checkpoint before it; the state is computed
+  from its chain (its base and the deltas between), see docs/checkpoints.md, "File format".
+"""
 
 MAX_JSON_DEPTH = 200
 """Deepest nesting accepted in outputs, parameters and metadata.
@@ -397,6 +406,10 @@ class _CheckpointFields(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     schema_version: int = SCHEMA_VERSION
+    kind: CheckpointKind = "base"
+    """Whether the file holds the whole state or a delta (the state is always whole here)."""
+    base: str | None = None
+    """The id of the base a delta's chain starts at; ``None`` for a base."""
     checkpoint_id: str
     sequence: int = Field(ge=0)
     """Increases by one per checkpoint of the plan; orders checkpoints whatever the clocks say."""

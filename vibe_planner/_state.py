@@ -59,8 +59,14 @@ class Capture:
     """A consistent view of a run, taken on the event loop for a snapshot."""
 
     records: dict[str, Record]
+    """Every record (``full``), or those stored since an earlier capture's `mark`."""
     usage: TokenUsage
     metadata: dict[str, Any]
+    mark: int = 0
+    """Position in the run's change log: a later capture of changes starts from here."""
+    full: bool = True
+    counts: tuple[int, int] = (0, 0)
+    """Completed and failed records, as of the capture."""
 
 
 class RunState:
@@ -81,6 +87,11 @@ class RunState:
         # Encoded by the writer thread on the first snapshot: never on the event loop.
         self._plan_json: orjson.Fragment | None = None
         self._vibe_json: orjson.Fragment | None = None
+        # Node ids in the order their records were stored (a node once per store): what a
+        # delta snapshot takes since the previous snapshot, without looking at every record.
+        self._log: list[str] = []
+        self._completed = 0
+        self._failed = 0
 
     @classmethod
     def restored(
@@ -168,8 +179,20 @@ class RunState:
     def _store(self, record: Record, usage: TokenUsage | None) -> Record:
         if usage is not None:
             self.usage = self.usage + usage
-        self.records[record["node_id"]] = record
+        node_id = record["node_id"]
+        old = self.records.get(node_id)
+        if old is not None:
+            self._count(old["status"], -1)
+        self._count(record["status"], 1)
+        self.records[node_id] = record
+        self._log.append(node_id)
         return record
+
+    def _count(self, status: str, step: int) -> None:
+        if status == NodeStatus.COMPLETED:
+            self._completed += step
+        elif status == NodeStatus.FAILED:
+            self._failed += step
 
     def is_completed(self, node_id: str) -> bool:
         """Whether the node has a completed record."""
@@ -179,7 +202,15 @@ class RunState:
     # -- snapshots ----------------------------------------------------------------------
     def capture(self) -> Capture:
         """Take a consistent view for a snapshot; cheap (a shallow copy), runs on the loop."""
-        return Capture(dict(self.records), self.usage, dict(self.metadata))
+        return Capture(dict(self.records), self.usage, dict(self.metadata), len(self._log), True,
+                       (self._completed, self._failed))
+
+    def capture_changes(self, mark: int) -> Capture:
+        """Take the records stored since the capture whose `Capture.mark` is *mark* (for a delta)."""
+        records = self.records
+        changed = {node_id: records[node_id] for node_id in self._log[mark:]}
+        return Capture(changed, self.usage, dict(self.metadata), len(self._log), False,
+                       (self._completed, self._failed))
 
     def encoded_plan(self) -> tuple[orjson.Fragment, orjson.Fragment]:
         """Return the plan and its vibe as encoded JSON, made once (in the writer thread)."""

@@ -120,7 +120,9 @@ def chain_of(folder: Path) -> list[Link]:
                 document["sequence"],
                 document["run_id"],
                 document["reason"],
-                len(document["completed_nodes"]),
+                # A base lists its completed nodes; a delta records their count.
+                len(document["completed_nodes"]) if "completed_nodes" in document
+                else document["counts"]["completed"],
             )
         )
     sequences = [link.sequence for link in links]

@@ -43,6 +43,7 @@ from vibe_planner import (
     Vibe,
     WorkflowPersistenceManager,
 )
+from vibe_planner._models import SCHEMA_VERSION
 
 NODES = random_dag(16, 5)
 VIBE = Vibe(description="torture: damaged files")
@@ -117,7 +118,10 @@ def pristine(tmp_path_factory: pytest.TempPathFactory) -> Pristine:
     planner = MetaPlanner(
         planner=StaticPlanner(NODES),
         handlers={"work": Work(delay=0.01)},
-        persistence_manager=WorkflowPersistenceManager(store=store),
+        # Every snapshot a base (version 1's layout in the version-2 format), so that the
+        # journal holds only the completions after the newest snapshot; damage to deltas and
+        # their chains is tests/test_chains.py's.
+        persistence_manager=WorkflowPersistenceManager(store=store, base_ratio=0),
         max_concurrency=1,
         checkpoint_interval=5,
     )
@@ -363,10 +367,10 @@ def test_resume_after_journal_bit_flips_trusts_only_the_records_before_the_damag
 
 
 def other_version(raw: bytes) -> bytes:
-    """The same document as written by a future release: schema_version 2, valid checksum."""
+    """The same document as written by a future release: the next schema_version, valid checksum."""
     data = orjson.loads(raw)
     del data["checksum"]
-    data["schema_version"] = 2
+    data["schema_version"] = SCHEMA_VERSION + 1
     body = orjson.dumps(data, option=orjson.OPT_SORT_KEYS)
     digest = hashlib.sha256(body).hexdigest()
     return body[:-1] + b',"checksum":"sha256:' + digest.encode() + b'"}'
@@ -381,7 +385,7 @@ DAMAGE: dict[str, tuple[Any, str]] = {
         lambda raw: b'{"kind": "something else", "version": 1}',
         "no integer schema_version",
     ),
-    "future-version": (other_version, "unsupported schema_version 2"),
+    "future-version": (other_version, f"unsupported schema_version {SCHEMA_VERSION + 1}"),
     "half-of-each": (lambda raw: raw[: len(raw) // 2] + raw[len(raw) // 2 + 1 :], ""),
     "directory": (None, "is a directory"),
 }

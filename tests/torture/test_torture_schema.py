@@ -11,7 +11,7 @@ Policy checked here (and written down in docs/torture.md):
 - an unknown field inside the vibe, the plan or a node is a `CheckpointCorruptError`
   (those models forbid extra fields); inside a node result it is ignored;
 - any edit without a matching checksum is a `CheckpointCorruptError` (checksum mismatch);
-- ``schema_version`` 2 (or 0, or not an integer) is a `CheckpointCorruptError` that says a
+- ``schema_version`` 3, the next one (or 0, or not an integer) is a `CheckpointCorruptError` that says a
   newer vibe_planner may have written it; nothing is deleted or rewritten.
 """
 
@@ -35,6 +35,7 @@ from vibe_planner import (
     Vibe,
     WorkflowPersistenceManager,
 )
+from vibe_planner._models import SCHEMA_VERSION
 
 FIXTURES = Path(__file__).with_name("fixtures") / "v1"
 FAILED_PLAN = "release-notes-2-0"  # a custom plan whose "publish" node failed
@@ -104,7 +105,8 @@ def test_version_1_files_load_list_verify_and_resume(root: Path) -> None:
         assert len(infos) == 6 and all(info.error is None for info in infos)
         for info in infos:
             checkpoint = await manager.get_checkpoint(info.checkpoint_id)
-            assert checkpoint.schema_version == 1
+            assert orjson.loads(Path(info.path).read_bytes())["schema_version"] == 1
+            assert checkpoint.schema_version == SCHEMA_VERSION  # migrated as it was read
         failed = await manager.latest(FAILED_PLAN)
         assert (
             failed is not None
@@ -196,7 +198,8 @@ def test_any_edit_without_a_new_checksum_is_corrupt(root: Path) -> None:
 @pytest.mark.parametrize(
     ("version", "words"),
     [
-        pytest.param(2, "unsupported schema_version 2", id="v2"),
+        pytest.param(SCHEMA_VERSION + 1, f"unsupported schema_version {SCHEMA_VERSION + 1}",
+                     id="next-version"),
         pytest.param(1000, "unsupported schema_version 1000", id="v1000"),
         pytest.param(0, "unsupported schema_version 0", id="v0"),
         pytest.param("2", "no integer schema_version", id="string"),
@@ -223,7 +226,7 @@ def test_other_schema_versions_are_a_clear_error_and_nothing_is_touched(
             with pytest.raises(CheckpointCorruptError) as info:
                 await call()
             assert info.value.path == path and words in info.value.reason, info.value.reason
-        if words.startswith("unsupported schema_version 2"):
+        if words.startswith(f"unsupported schema_version {SCHEMA_VERSION + 1}"):
             assert "newer vibe_planner" in info.value.reason
         errors = {i.checkpoint_id: i.error for i in await manager.list_checkpoints(FAILED_PLAN)}
         assert errors[FINAL] and words in errors[FINAL]
@@ -238,7 +241,7 @@ def test_other_schema_versions_are_a_clear_error_and_nothing_is_touched(
 
 def test_a_future_version_in_an_older_file_does_not_block_the_latest(root: Path) -> None:
     path = root / FAILED_PLAN / "cp-00000001-332e7a513c4e.json"
-    edit(path, lambda d: d.update(schema_version=2))
+    edit(path, lambda d: d.update(schema_version=SCHEMA_VERSION + 1))
     manager = WorkflowPersistenceManager(root)
     latest = anyio.run(manager.latest, FAILED_PLAN)
     assert latest is not None and latest.checkpoint_id == FINAL

@@ -39,7 +39,7 @@ from vibe_planner import (
     VibePlannerError,
 )
 
-from . import _checkpoints, _commands, _serve
+from . import _checkpoints, _commands, _serve, _workers
 from ._commands import (
     EXIT_CORRUPT,
     EXIT_FAILED,
@@ -62,6 +62,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``vibe-planner`` command line and return its exit code."""
     args = build_parser().parse_args(argv)
     args.checkpoint_dir = getattr(args, "checkpoint_dir", DEFAULT_CHECKPOINT_DIR)
+    args.store = getattr(args, "store", None) or os.environ.get(_workers.STORE_ENV) or None
+    args.lease_ttl = getattr(args, "lease_ttl", None)
     args.debug = getattr(args, "debug", False)
     _configure_logging(args.debug)
     try:
@@ -155,6 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _checkpoint_commands(commands.add_parser(
         "checkpoints", parents=[common], help="list, show, delete, prune or verify checkpoints"))
+    _workers.add_commands(commands, common)
     return parser
 
 
@@ -165,6 +168,11 @@ def _global_options() -> _Parser:
     group = common.add_argument_group("global options")
     group.add_argument("--checkpoint-dir", metavar="DIR", default=argparse.SUPPRESS,
                        help=f"checkpoint folder (default: {DEFAULT_CHECKPOINT_DIR})")
+    group.add_argument("--store", metavar="URL", default=argparse.SUPPRESS,
+                       help="where checkpoints live instead: a folder, memory:, or postgresql://... "
+                       f"(default: ${_workers.STORE_ENV}, else --checkpoint-dir)")
+    group.add_argument("--lease-ttl", metavar="SECONDS", type=_positive_float, default=argparse.SUPPRESS,
+                       help="PostgreSQL stores: seconds a run's lease lasts unless renewed (default: 30)")
     group.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                        help="show tracebacks and debug logs")
     return common
@@ -178,16 +186,20 @@ def _vibe_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _execution_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint-interval", metavar="N", type=_positive_int, default=5,
-                        help="write a checkpoint every N finished nodes (default: 5)")
+    _execution_settings(parser)
     parser.add_argument("--concurrency", metavar="K", type=_positive_int, default=16,
                         help="most nodes running at once (default: 16)")
+    parser.add_argument("--json", action="store_true",
+                        help="print only the result, as JSON (no progress display)")
+
+
+def _execution_settings(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint-interval", metavar="N", type=_positive_int, default=5,
+                        help="write a checkpoint every N finished nodes (default: 5)")
     parser.add_argument("--node-timeout", metavar="SECONDS", type=_positive_float,
                         help="seconds one node attempt may take (default: 300)")
     parser.add_argument("--max-attempts", metavar="N", type=_positive_int,
                         help="attempts per node before it fails (default: 3)")
-    parser.add_argument("--json", action="store_true",
-                        help="print only the result, as JSON (no progress display)")
 
 
 def _checkpoint_commands(parser: argparse.ArgumentParser) -> None:

@@ -14,9 +14,9 @@ from rich import box
 from rich.table import Table
 from rich.text import Text
 
-from vibe_planner import Checkpoint, CheckpointInfo, WorkflowPersistenceManager
+from vibe_planner import Checkpoint, CheckpointInfo
 
-from ._commands import EXIT_CORRUPT, EXIT_OK
+from ._commands import EXIT_CORRUPT, EXIT_OK, persistence_manager
 from ._render import format_size, format_time, make_console
 
 __all__ = ["delete_command", "list_command", "prune_command", "show_command", "verify_command"]
@@ -24,7 +24,7 @@ __all__ = ["delete_command", "list_command", "prune_command", "show_command", "v
 
 def list_command(args: argparse.Namespace) -> int:
     """``checkpoints list [PLAN_ID]``: a table of checkpoints, newest first (damaged ones too)."""
-    manager = WorkflowPersistenceManager(args.checkpoint_dir)
+    manager = persistence_manager(args)
     infos = anyio.run(manager.list_checkpoints, args.plan_id)
     console = make_console(sys.stdout)
     if not infos:
@@ -37,7 +37,7 @@ def list_command(args: argparse.Namespace) -> int:
 
 def show_command(args: argparse.Namespace) -> int:
     """``checkpoints show ID``: a checkpoint's summary, or with ``--json`` the whole document."""
-    manager = WorkflowPersistenceManager(args.checkpoint_dir)
+    manager = persistence_manager(args)
     checkpoint = anyio.run(manager.get_checkpoint, args.checkpoint_id)
     if args.json:
         sys.stdout.write(checkpoint.model_dump_json(indent=2) + "\n")
@@ -50,7 +50,7 @@ def show_command(args: argparse.Namespace) -> int:
 
 def delete_command(args: argparse.Namespace) -> int:
     """``checkpoints delete ID``: delete one checkpoint file."""
-    manager = WorkflowPersistenceManager(args.checkpoint_dir)
+    manager = persistence_manager(args)
     anyio.run(manager.delete_checkpoint, args.checkpoint_id)
     print(f"deleted checkpoint {args.checkpoint_id}")
     return EXIT_OK
@@ -58,12 +58,14 @@ def delete_command(args: argparse.Namespace) -> int:
 
 def prune_command(args: argparse.Namespace) -> int:
     """``checkpoints prune PLAN_ID --keep-last K``: delete all but a plan's newest K checkpoints."""
-    manager = WorkflowPersistenceManager(args.checkpoint_dir)
+    manager = persistence_manager(args)
     deleted = anyio.run(manager.prune, args.plan_id, args.keep_last)
     for checkpoint_id in deleted:
         print(f"deleted checkpoint {checkpoint_id}")
+    kept = len(anyio.run(manager.list_checkpoints, args.plan_id))
+    needed = f" and {kept - args.keep_last} older one(s) their chains need" if kept > args.keep_last else ""
     print(f"plan {args.plan_id}: deleted {len(deleted)} checkpoint(s), "
-          f"kept the newest {args.keep_last}")
+          f"kept the newest {args.keep_last}{needed}")
     return EXIT_OK
 
 
@@ -72,7 +74,7 @@ def verify_command(args: argparse.Namespace) -> int:
 
     Prints one line per damaged file and exits with `EXIT_CORRUPT` if there is any.
     """
-    manager = WorkflowPersistenceManager(args.checkpoint_dir)
+    manager = persistence_manager(args)
     problems = anyio.run(manager.verify, args.plan_id)
     scope = f"plan {args.plan_id} in {args.checkpoint_dir}" if args.plan_id else args.checkpoint_dir
     for problem in problems:
@@ -112,6 +114,8 @@ def _details(checkpoint: Checkpoint, path: str) -> Text:
         ("created", format_time(checkpoint.created_at)),
         ("reason", checkpoint.reason),
         ("sequence", str(checkpoint.sequence)),
+        ("stored as", "a base (the whole state)" if checkpoint.base is None
+         else f"a delta of base {checkpoint.base} (shown whole)"),
         ("run", checkpoint.run_id),
         ("vibe", _clip(vibe.description)),
         ("style", _clip(vibe.style or "-")),

@@ -23,6 +23,7 @@ from vibe_planner import (
     RetryPolicy,
     Vibe,
     WorkflowPersistenceManager,
+    store_from_url,
 )
 
 from ._progress import open_display, watch
@@ -38,6 +39,7 @@ __all__ = [
     "OFFLINE_DELAY_ENV",
     "UsageError",
     "build_planner",
+    "persistence_manager",
     "plan_command",
     "resume_run_command",
     "run_command",
@@ -72,7 +74,7 @@ def build_planner(args: argparse.Namespace) -> MetaPlanner:
     """
     retry = RetryPolicy(max_attempts=args.max_attempts) if _get(args, "max_attempts") else None
     planner = MetaPlanner(
-        persistence_manager=WorkflowPersistenceManager(args.checkpoint_dir),
+        persistence_manager=persistence_manager(args),
         checkpoint_interval=_get(args, "checkpoint_interval", 5),
         max_concurrency=_get(args, "concurrency", 16),
         node_timeout=_get(args, "node_timeout", 300.0),
@@ -82,6 +84,15 @@ def build_planner(args: argparse.Namespace) -> MetaPlanner:
     if planner.offline and delay:
         planner.handlers["llm"] = _slowed(planner.handlers["llm"], delay)
     return planner
+
+
+def persistence_manager(args: argparse.Namespace) -> WorkflowPersistenceManager:
+    """Return the manager of the store the arguments name (``--store``, else ``--checkpoint-dir``)."""
+    store = _get(args, "store")
+    if store is None:
+        return WorkflowPersistenceManager(args.checkpoint_dir)
+    ttl = _get(args, "lease_ttl")
+    return WorkflowPersistenceManager(store=store_from_url(store, **({"lease_ttl": ttl} if ttl else {})))
 
 
 def run_command(args: argparse.Namespace) -> int:

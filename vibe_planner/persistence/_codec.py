@@ -28,10 +28,16 @@ import pydantic
 from .._exceptions import CheckpointCorruptError, PlanValidationError
 from .._models import SCHEMA_VERSION, Checkpoint, NodeStatus, ResultRecord, ResumePoint
 from .._state import Capture, RunState, utcnow
+from ._compression import decompress
 
 __all__ = [
+    "DELTA_HEAD",
+    "DeltaFound",
     "JournalRead",
     "checkpoint_fields",
+    "checksum_of",
+    "is_canonical",
+    "check_consistency",
     "decode_checkpoint",
     "decode_resume_point",
     "decode_journal",
@@ -42,11 +48,13 @@ __all__ = [
     "journal_continues",
     "journal_entries",
     "journal_results",
+    "parse_verified",
     "peek_summary",
 ]
 
 _SORTED = orjson.OPT_SORT_KEYS
 _RECORD = pydantic.TypeAdapter(ResultRecord)
+_RECORDS = pydantic.TypeAdapter(list[ResultRecord])
 _Document = TypeVar("_Document", Checkpoint, ResumePoint)
 _CHECKSUM_PREFIX = "sha256:"
 _TAIL_HEAD = b',"checksum":"' + _CHECKSUM_PREFIX.encode()
@@ -54,8 +62,17 @@ _TAIL_LENGTH = len(_TAIL_HEAD) + 64 + len(b'"}')
 # `int(x, 16)` also takes " 1f", "+1f", "1_f" and "1F": only what `encode_journal` writes counts.
 _CRC_DIGITS = frozenset(b"0123456789abcdef")
 
+DELTA_HEAD = b'{"base":'
+"""How a delta written by this codec starts (``base`` is its first key in sorted order)."""
+
+
+def _v1_to_v2(document: dict[str, Any]) -> dict[str, Any]:
+    """Return a version-1 document as version 2: it is a base, the whole state."""
+    return {**document, "schema_version": 2, "kind": "base"}
+
+
 # Each entry upgrades a raw document from version N to N + 1. Version 1 is the first.
-_MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {}
+_MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _v1_to_v2}
 
 
 def checkpoint_fields(
@@ -78,6 +95,7 @@ def checkpoint_fields(
     plan_json, vibe_json = state.encoded_plan()
     return {
         "schema_version": SCHEMA_VERSION,
+        "kind": "base",
         "checkpoint_id": checkpoint_id,
         "sequence": sequence,
         "plan_id": state.plan.plan_id,
@@ -123,7 +141,7 @@ def encode_checkpoint(fields: dict[str, Any]) -> bytes:
         else:
             add(_members(orjson.dumps({key: value}, option=_SORTED)))
     digest.update(b"}")
-    pieces.append(_TAIL_HEAD + digest.hexdigest().encode() + b'"}')  # what `_as_encoded` reads
+    pieces.append(_TAIL_HEAD + digest.hexdigest().encode() + b'"}')  # what `is_canonical` reads
     return b"".join(pieces)
 
 
@@ -149,8 +167,16 @@ def _members(encoded: bytes) -> memoryview:
     return memoryview(encoded)[1:-1]
 
 
+def checksum_of(encoded: bytes) -> str:
+    """Return the checksum `encode_checkpoint` wrote at the end of *encoded*."""
+    return _CHECKSUM_PREFIX + encoded[-66:-2].decode()
+
+
 def decode_checkpoint(raw: bytes, path: Path) -> Checkpoint:
-    """Parse, verify and validate a checkpoint document, or raise `CheckpointCorruptError`."""
+    """Parse, verify and validate a base (or version-1) document, or raise `CheckpointCorruptError`.
+
+    A delta is read with its chain, by `WorkflowPersistenceManager` (see `_chain`).
+    """
     return _decode(Checkpoint, raw, path)
 
 
@@ -161,8 +187,9 @@ def decode_resume_point(raw: bytes, path: Path) -> ResumePoint:
 
 def _decode(model: type[_Document], raw: bytes, path: Path) -> _Document:
     """Verify integrity once; validate the bytes (fast path) or else the parsed document."""
-    encoded = _as_encoded(raw)  # the checksum of a canonical layout, checked on the bytes
-    if encoded:
+    raw = decompress(raw, path)
+    encoded = is_canonical(raw)  # the checksum of a canonical layout, checked on the bytes
+    if encoded and not raw.startswith(DELTA_HEAD):
         # The bytes are exactly what `encode_checkpoint` wrote: validate them straight from
         # JSON, which skips building the parsed document (half the time of a large resume).
         try:
@@ -170,14 +197,32 @@ def _decode(model: type[_Document], raw: bytes, path: Path) -> _Document:
         except (pydantic.ValidationError, PlanValidationError):
             pass  # the slow path below says what is wrong, or copes (deep nesting)
         else:
-            if checkpoint.schema_version == SCHEMA_VERSION:
-                _check_consistency(checkpoint, path)
+            if checkpoint.schema_version == SCHEMA_VERSION and checkpoint.kind == "base":
+                check_consistency(checkpoint, path)
                 return checkpoint
     # Not canonical (reformatted, say), an older version to migrate, deeper than pydantic's
     # JSON parser goes, or invalid: parse it (the parse says what is wrong with a file that
     # is not a checkpoint at all) and validate the parsed document. The checksum is not
     # checked twice: the bytes of a canonical layout were checked above.
-    data = _parse_verified(raw, path, verified=encoded)
+    data = parse_verified(raw, path, verified=encoded)
+    if data.get("kind") == "delta":
+        raise DeltaFound(path, data)
+    if data.get("kind") != "base":
+        raise CheckpointCorruptError(path, f"unknown kind {data.get('kind')!r} (not a base or a delta)")
+    return validate_document(model, data, path)
+
+
+class DeltaFound(CheckpointCorruptError):
+    """Raised by the decoders of whole documents when given a delta (read it with its chain)."""
+
+    def __init__(self, path: Path, data: dict[str, Any]) -> None:
+        super().__init__(path, "a delta checkpoint: its state is read with its chain, "
+                         "by WorkflowPersistenceManager")
+        self.data = data
+
+
+def validate_document(model: type[_Document], data: dict[str, Any], path: Path) -> _Document:
+    """Validate a parsed (or assembled) document, then check that its fields agree."""
     try:
         checkpoint = model.model_validate(data)
     except pydantic.ValidationError as exc:
@@ -185,29 +230,37 @@ def _decode(model: type[_Document], raw: bytes, path: Path) -> _Document:
         raise CheckpointCorruptError(path, problem) from None
     except PlanValidationError as exc:
         raise CheckpointCorruptError(path, f"its plan is invalid: {exc}") from None
-    _check_consistency(checkpoint, path)
+    check_consistency(checkpoint, path)
     return checkpoint
 
 
 def peek_summary(raw: bytes, path: Path) -> dict[str, Any]:
-    """Return the summary fields of a checkpoint after integrity checks, without full validation."""
-    data = _parse_verified(raw, path, verified=_as_encoded(raw))
+    """Return the summary fields of a checkpoint after integrity checks, without full validation.
+
+    For a delta the node counts are those it records; its chain is not read.
+    """
+    raw = decompress(raw, path)
+    data = parse_verified(raw, path, verified=is_canonical(raw))
+    delta = data.get("kind") == "delta"
     try:
+        counts = data["counts"] if delta else {
+            "completed": len(data["completed_nodes"]), "total": len(data["workflow_plan"]["nodes"])}
         return {
+            "base": str(data["base"] if delta else data["checkpoint_id"]),
             "checkpoint_id": str(data["checkpoint_id"]),
             "plan_id": str(data["plan_id"]),
             "run_id": str(data["run_id"]),
             "sequence": int(data["sequence"]),
             "created_at": data["created_at"],
             "reason": str(data["reason"]),
-            "completed_nodes": len(data["completed_nodes"]),
-            "total_nodes": len(data["workflow_plan"]["nodes"]),
+            "completed_nodes": int(counts["completed"]),
+            "total_nodes": int(counts["total"]),
         }
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointCorruptError(path, f"missing or malformed field {exc}") from None
 
 
-def _parse_verified(raw: bytes, path: Path, *, verified: bool) -> dict[str, Any]:
+def parse_verified(raw: bytes, path: Path, *, verified: bool) -> dict[str, Any]:
     """Parse a document, check its checksum (unless *verified* on its bytes), migrate it."""
     if not raw:
         raise CheckpointCorruptError(path, "empty file")
@@ -242,7 +295,7 @@ def _parse_verified(raw: bytes, path: Path, *, verified: bool) -> dict[str, Any]
     return document
 
 
-def _as_encoded(raw: bytes) -> bool:
+def is_canonical(raw: bytes) -> bool:
     """Whether *raw* is a canonical body followed by the checksum of exactly those bytes.
 
     That is how `encode_checkpoint` lays a document out. Checking the digest of the bytes as
@@ -257,7 +310,8 @@ def _as_encoded(raw: bytes) -> bool:
     return digest.hexdigest().encode() == tail[len(_TAIL_HEAD) : -2]
 
 
-def _check_consistency(cp: Checkpoint | ResumePoint, path: Path) -> None:
+def check_consistency(cp: Checkpoint | ResumePoint, path: Path) -> None:
+    """Raise `CheckpointCorruptError` unless the document's fields agree with each other."""
     problems = []
     if path.stem != cp.checkpoint_id:
         problems.append(f"file name says {path.stem!r} but the document says {cp.checkpoint_id!r}")
@@ -338,6 +392,8 @@ class JournalRead:
         """Bytes after the trusted part (a torn tail or damage), not used."""
         self.problem = problem
         """Why the rest was ignored, if anything was."""
+        self.validated: dict[str, list[ResultRecord]] = {}
+        """The records validated by `journal_results`, by run id."""
 
 
 def decode_journal(raw: bytes) -> JournalRead:
@@ -382,8 +438,15 @@ def header_continues(header: dict[str, Any] | None, run_id: str, checkpoint_ids:
 def journal_results(
     journal: JournalRead, run_id: str, known: set[str], path: Path
 ) -> list[ResultRecord]:
-    """Validate the result records of a journal of run *run_id* (`CheckpointCorruptError` if bad)."""
-    records = []
+    """Validate the result records of a journal of run *run_id* (`CheckpointCorruptError` if bad).
+
+    Validated once per `JournalRead` and run: a resume reads its chain's journal and then the
+    records after it from the same read.
+    """
+    cached = journal.validated.get(run_id)
+    if cached is not None:
+        return cached
+    raw = []
     for entry in journal.records:
         record = entry.get("result")
         if entry.get("run") != run_id or not isinstance(record, dict):
@@ -391,9 +454,16 @@ def journal_results(
         node_id = record.get("node_id")
         if node_id not in known or record.get("status") != "completed":
             raise CheckpointCorruptError(path, f"journal record for unknown node {node_id!r}")
-        try:
-            records.append(_RECORD.validate_python(record))
-        except pydantic.ValidationError as exc:
-            where = f"journal record of node {node_id!r}"
-            raise CheckpointCorruptError(path, f"{where}: {first_error(exc)}") from None
+        raw.append(record)
+    try:
+        records = _RECORDS.validate_python(raw)  # one call for them all: much faster
+    except pydantic.ValidationError:
+        for record in raw:  # say which record is wrong
+            try:
+                _RECORD.validate_python(record)
+            except pydantic.ValidationError as exc:
+                where = f"journal record of node {record.get('node_id')!r}"
+                raise CheckpointCorruptError(path, f"{where}: {first_error(exc)}") from None
+        raise
+    journal.validated[run_id] = records
     return records

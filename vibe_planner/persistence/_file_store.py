@@ -101,6 +101,15 @@ class FileCheckpointStore(CheckpointFolder, CheckpointStore):
     async def read_journals(self, plan_id: str, parse: Callable[[str, bytes], _J]) -> list[Stored[_J]]:
         return await anyio.to_thread.run_sync(self._read_journals, plan_id, parse)
 
+    async def read_many(
+        self, plan_id: str, checkpoint_ids: Sequence[str], parse: Callable[[str, bytes], _T]
+    ) -> list[Stored[_T]]:
+        def read_all() -> list[Stored[_T]]:
+            items = (self._read_item(plan_id, i, i + ".json", parse) for i in checkpoint_ids)
+            return [item for item in items if item is not None]
+
+        return await anyio.to_thread.run_sync(read_all)
+
     async def read_latest(
         self,
         plan_id: str,

@@ -31,7 +31,10 @@ from .._exceptions import (
 )
 from .._ids import check_checkpoint_id, check_plan_id, checkpoint_sequence
 from .._models import Checkpoint, CheckpointInfo, ResumePoint
-from ._codec import decode_checkpoint, decode_resume_point, encode_journal, journal_entries
+from ._chain import BASE_RATIO, Link
+from ._chain_reader import chain_tips, chains_kept, read_chain
+from ._codec import JournalRead, encode_journal, journal_entries
+from ._compression import Compression, compressor
 from ._file_store import FileCheckpointStore
 from ._reading import (
     Document,
@@ -44,7 +47,7 @@ from ._reading import (
     summaries,
 )
 from ._retention import Held, RunIds, dead_journals, forget, journal_headers, newest_first
-from ._store import CheckpointStore, Latest, Lease, SnapshotWrite, WriteBatch, journal_name
+from ._store import CheckpointStore, Latest, Lease, SnapshotWrite, Stored, WriteBatch, journal_name
 
 __all__ = ["Restored", "WorkflowPersistenceManager", "journal_name"]
 
@@ -58,6 +61,11 @@ class WorkflowPersistenceManager:
         keep_last: If set, after each checkpoint write only the newest *keep_last* checkpoints
             of that plan are kept (and journals no kept checkpoint refers to are removed).
         store: Where checkpoints live; defaults to a `FileCheckpointStore` of *checkpoint_dir*.
+        compression: ``"gzip"`` or ``"zstd"`` to compress checkpoint documents (see
+            `Compression`); off by default. Any manager reads any mix of them.
+        base_ratio: A run's snapshot is a full *base* once the deltas written since the last
+            base add up to this many times its size (3 by default); ``0`` makes every snapshot
+            a base. See docs/checkpoints.md, "File format".
 
     Example:
         >>> manager = WorkflowPersistenceManager(checkpoint_dir=".vibe_checkpoints", keep_last=10)
@@ -70,14 +78,22 @@ class WorkflowPersistenceManager:
         *,
         keep_last: int | None = None,
         store: CheckpointStore | None = None,
+        compression: Compression | None = None,
+        base_ratio: float = BASE_RATIO,
     ) -> None:
         if keep_last is not None and keep_last < 1:
             raise ValueError(f"keep_last must be at least 1, got {keep_last}")
+        if not base_ratio >= 0:
+            raise ValueError(f"base_ratio must be 0 or more, got {base_ratio}")
         self.store: CheckpointStore = store or FileCheckpointStore(checkpoint_dir)
         self.keep_last = keep_last
+        self._compress = compressor(compression)  # ValueError now if it cannot be done
+        self.compression = compression
+        self.base_ratio = base_ratio
         # Run ids of checkpoints seen lately (retention needs them): a bounded cache, not a
         # record of every checkpoint this manager ever touched.
         self._run_of = RunIds()
+        self._base_of = RunIds()  # checkpoint id -> its chain's base (itself for a base)
         self._held: dict[str, Held] = {}
 
     def __repr__(self) -> str:
@@ -117,7 +133,7 @@ class WorkflowPersistenceManager:
         """Load and verify one checkpoint by id, whatever plan it belongs to."""
         check_checkpoint_id(checkpoint_id)
         plan_id = await self._find_plan(checkpoint_id)
-        return await self._read(plan_id, checkpoint_id, decode_checkpoint)
+        return await self._read(plan_id, checkpoint_id, Checkpoint)
 
     async def latest(self, plan_id: str) -> Checkpoint | None:
         """Return the newest checkpoint of a plan, or ``None`` if it has none.
@@ -126,9 +142,11 @@ class WorkflowPersistenceManager:
         consulted: falling back silently would resume from the wrong place).
         """
         check_plan_id(plan_id)
-        found: Latest[Checkpoint, Any] | None = await self.store.read_latest(
-            plan_id, self._parser(plan_id, decode_checkpoint))
-        return None if found is None else found.checkpoint
+        found: Latest[Checkpoint | Link, Any] | None = await self.store.read_latest(
+            plan_id, self._parser(plan_id, Checkpoint))
+        if found is None:
+            return None
+        return await self._whole(Checkpoint, plan_id, found.checkpoint)
 
     async def restore(
         self, plan_id: str, checkpoint_id: str | None = None
@@ -138,13 +156,13 @@ class WorkflowPersistenceManager:
         Without *checkpoint_id* this is the latest checkpoint plus its run's journal; with
         one, exactly that checkpoint (journal records may postdate it, so none are applied).
         """
-        return await self._restore(decode_checkpoint, plan_id, checkpoint_id)
+        return await self._restore(Checkpoint, plan_id, checkpoint_id)
 
     async def resume_point(
         self, plan_id: str, checkpoint_id: str | None = None
     ) -> Restored[ResumePoint] | None:
         """Like `restore`, with node results kept as records (what `MetaPlanner` resumes from)."""
-        return await self._restore(decode_resume_point, plan_id, checkpoint_id)
+        return await self._restore(ResumePoint, plan_id, checkpoint_id)
 
     async def verify(self, plan_id: str | None = None) -> list[CheckpointCorruptError]:
         """Check every checkpoint and journal (of one plan or all); return the problems found.
@@ -155,9 +173,20 @@ class WorkflowPersistenceManager:
             check_plan_id(plan_id)
         problems: list[CheckpointCorruptError] = []
         for plan in [plan_id] if plan_id is not None else await self.store.plan_ids():
-            parse = self._parser(plan, decode_checkpoint)
+            parse = self._parser(plan, Checkpoint)
+            links = []
             for item in await self.store.read_checkpoints(plan, parse):
                 problems.extend(corrupt(item))
+                if isinstance(item.value, Link):
+                    links.append(item.value)
+            seen = {(p.path, p.reason) for p in problems}
+            for tip in chain_tips(links):  # reading the last delta of a chain checks all of it
+                try:
+                    await read_chain(self.store, Checkpoint, plan, tip)
+                except CheckpointCorruptError as exc:
+                    if (exc.path, exc.reason) not in seen:
+                        seen.add((exc.path, exc.reason))
+                        problems.append(exc)
             for journal in await self.store.read_journals(plan, decode_journal_item):
                 problems.extend(corrupt(journal))
                 if journal.value is not None and journal.value.problem is not None:
@@ -178,7 +207,8 @@ class WorkflowPersistenceManager:
         check_plan_id(plan_id)
         if keep_last < 1:
             raise ValueError(f"keep_last must be at least 1, got {keep_last}")
-        doomed, kept = newest_first(await self.store.checkpoint_ids(plan_id), keep_last)
+        doomed, kept = await self._chains_kept(
+            plan_id, *newest_first(await self.store.checkpoint_ids(plan_id), keep_last))
         for checkpoint_id in doomed:
             self._run_of.pop(checkpoint_id, None)
         journals = await journal_headers(self.store, plan_id)
@@ -220,6 +250,14 @@ class WorkflowPersistenceManager:
         self._held[plan_id] = Held(lease, sequence, set(ids))
         return lease
 
+    def held_lease(self, plan_id: str) -> Lease | None:
+        """Return the lease this manager holds on a plan (while a run of it goes on), if any.
+
+        Its fencing token is what a handler passes to an outside system that checks tokens.
+        """
+        held = self._held.get(plan_id)
+        return held.lease if held is not None else None
+
     async def renew(self, lease: Lease) -> Lease:
         """Renew a lease taken with `acquire` (see `CheckpointStore.renew_lease`)."""
         renewed = await self.store.renew_lease(lease)
@@ -244,6 +282,7 @@ class WorkflowPersistenceManager:
         resumed_from: str | None = None,
         snapshot: Callable[[str, int], bytes] | None = None,
         truncate_journal: bool = False,
+        base: str | None = None,
     ) -> str | None:
         """Write one batch for a plan whose lease this manager holds; return the snapshot's id.
 
@@ -251,7 +290,8 @@ class WorkflowPersistenceManager:
         *resumed_from*, if given), then the snapshot ``snapshot(checkpoint_id, sequence)`` is
         written, then (if *truncate_journal*) the journal is emptied, then what ``keep_last``
         no longer keeps is deleted. The id and sequence are allocated here, on the loop; the
-        encoding runs off it, in the store's one thread hop (or transaction).
+        encoding runs off it, in the store's one thread hop (or transaction). *base* is the
+        base of the snapshot's chain (``None``: the snapshot is a base).
         """
         held = self._held.get(plan_id)
         if held is None:
@@ -261,7 +301,8 @@ class WorkflowPersistenceManager:
         if snapshot is not None:
             sequence, held.next_sequence = held.next_sequence, held.next_sequence + 1
             checkpoint_id = f"cp-{sequence:08d}-{secrets.token_hex(6)}"
-            write = SnapshotWrite(checkpoint_id, _bind(snapshot, checkpoint_id, sequence))
+            write = SnapshotWrite(checkpoint_id, _bind(snapshot, checkpoint_id, sequence, self._compress))
+            self._base_of[checkpoint_id] = base or checkpoint_id
         doomed, dead = await self._retention(held, run_id, checkpoint_id)
         batch = WriteBatch(
             run_id, journal=_journal_bytes(run_id, records, resumed_from) if records else b"",
@@ -300,8 +341,9 @@ class WorkflowPersistenceManager:
         if self.keep_last is None or checkpoint_id is None:
             return [], []
         plan_id = held.lease.plan_id
-        doomed, kept = newest_first({*held.checkpoints, checkpoint_id}, self.keep_last)
         self._run_of[checkpoint_id] = run_id
+        doomed, kept = await self._chains_kept(
+            plan_id, *newest_first({*held.checkpoints, checkpoint_id}, self.keep_last))
         if held.journals is None:
             held.journals = await journal_headers(self.store, plan_id)
         journals = dict(held.journals)
@@ -309,20 +351,35 @@ class WorkflowPersistenceManager:
             journals[run_id] = None
         return doomed, await dead_journals(self.store, self._run_of, plan_id, kept, journals)
 
+    async def _chains_kept(
+        self, plan_id: str, doomed: list[str], kept: list[str]
+    ) -> tuple[list[str], list[str]]:
+        """Move from *doomed* to *kept* every checkpoint a kept delta's chain needs."""
+        return await chains_kept(self.store, self._run_of, self._base_of, plan_id, doomed, kept)
+
     def _forget(self, plan_id: str, checkpoint_ids: list[str], run_ids: list[str]) -> None:
         forget(self._run_of, self._held.get(plan_id), checkpoint_ids, run_ids)
+        for checkpoint_id in checkpoint_ids:
+            self._base_of.pop(checkpoint_id, None)
 
     # -- reading internals --------------------------------------------------------------------
-    def _parser(
-        self, plan_id: str, decode: Callable[[bytes, Path], Document]
-    ) -> Callable[[str, bytes], Document]:
-        return parser(self.store, self._run_of, plan_id, decode)
+    def _parser(self, plan_id: str, model: type[Document]) -> Callable[[str, bytes], Document | Link]:
+        return parser(self.store, self._run_of, self._base_of, plan_id, model)
 
-    async def _read(
-        self, plan_id: str, checkpoint_id: str, decode: Callable[[bytes, Path], Document]
+    async def _whole(
+        self, model: type[Document], plan_id: str, found: Document | Link,
+        journals: list[Stored[JournalRead]] | None = None,
     ) -> Document:
-        parse = self._parser(plan_id, decode)
-        return await self.store.read_checkpoint(plan_id, checkpoint_id, lambda raw: parse(checkpoint_id, raw))
+        """Return a base as it is, and a delta as the state its chain adds up to."""
+        if isinstance(found, Link):
+            return await read_chain(self.store, model, plan_id, found, journals)
+        return found
+
+    async def _read(self, plan_id: str, checkpoint_id: str, model: type[Document]) -> Document:
+        parse = self._parser(plan_id, model)
+        found = await self.store.read_checkpoint(
+            plan_id, checkpoint_id, lambda raw: parse(checkpoint_id, raw))
+        return await self._whole(model, plan_id, found)
 
     async def _find_plan(self, checkpoint_id: str) -> str:
         found = await self.store.find_plans(checkpoint_id)
@@ -333,22 +390,28 @@ class WorkflowPersistenceManager:
         return found[0]
 
     async def _restore(
-        self, decode: Callable[[bytes, Path], Document], plan_id: str, checkpoint_id: str | None
+        self, model: type[Document], plan_id: str, checkpoint_id: str | None
     ) -> Restored[Document] | None:
         check_plan_id(plan_id)
         if checkpoint_id is not None:
             check_checkpoint_id(checkpoint_id)
-            return Restored(await self._read(plan_id, checkpoint_id, decode), [], None)
+            return Restored(await self._read(plan_id, checkpoint_id, model), [], None)
         # One call: the newest snapshot and every journal, decoded off the loop.
-        found = await self.store.read_latest(plan_id, self._parser(plan_id, decode), decode_journal_item)
+        found = await self.store.read_latest(plan_id, self._parser(plan_id, model), decode_journal_item)
         if found is None:
             return None
-        records, problem = journal_after(self.store, found.checkpoint, found.journals)
-        return Restored(found.checkpoint, records, problem)
+        checkpoint = await self._whole(model, plan_id, found.checkpoint, found.journals)
+        records, problem = journal_after(self.store, checkpoint, found.journals)
+        return Restored(checkpoint, records, problem)
 
 
-def _bind(encode: Callable[[str, int], bytes], checkpoint_id: str, sequence: int) -> Callable[[], bytes]:
-    return lambda: encode(checkpoint_id, sequence)
+def _bind(
+    encode: Callable[[str, int], bytes], checkpoint_id: str, sequence: int,
+    compress: Callable[[bytes], bytes] | None,
+) -> Callable[[], bytes]:
+    if compress is None:
+        return lambda: encode(checkpoint_id, sequence)
+    return lambda: compress(encode(checkpoint_id, sequence))
 
 
 def _journal_bytes(

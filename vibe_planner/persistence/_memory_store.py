@@ -83,6 +83,14 @@ class MemoryCheckpointStore(CheckpointStore):
         items = self._snapshots(plan_id)
         return await anyio.to_thread.run_sync(_parse_all, items, parse)
 
+    async def read_many(
+        self, plan_id: str, checkpoint_ids: Sequence[str], parse: Callable[[str, bytes], _T]
+    ) -> list[Stored[_T]]:
+        check_plan_id(plan_id)
+        snapshots = self._snapshots(plan_id)
+        items = {i: snapshots[i] for i in checkpoint_ids if i in snapshots}
+        return await anyio.to_thread.run_sync(_parse_all, items, parse)
+
     async def read_journals(self, plan_id: str, parse: Callable[[str, bytes], _J]) -> list[Stored[_J]]:
         check_plan_id(plan_id)
         with self._mutex:

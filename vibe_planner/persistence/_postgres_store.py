@@ -3,16 +3,18 @@
 For plans shared by many processes or machines (see docs/scaling.md). Needs the ``postgres``
 extra (psycopg 3 and psycopg_pool).
 
-Every call is one transaction on a pooled connection, made in one worker-thread hop
+Every call is a round trip or a few on a pooled connection, in one worker-thread hop
 (`anyio.to_thread.run_sync`), in which the store also calls the ``encode``/``parse``
-callables it is given. That is psycopg's synchronous API in a thread, not its asyncio one, on
-purpose: it works under every backend anyio runs on (asyncio and trio), and a checkpoint
-costs one hop whatever it holds, encoding included.
+callables it is given. Every write, a whole `WriteBatch` included, is one SQL statement (so
+one transaction): no lock is ever held across round trips, and a process paused or killed
+mid-call cannot leave a row locked behind it. That is psycopg's synchronous API in a thread,
+not its asyncio one, on purpose: it works under every backend anyio runs on (asyncio and
+trio), and a checkpoint costs one hop whatever it holds, encoding included.
 
 Leases expire: a lease lasts `lease_ttl` seconds unless renewed, by the database's clock.
 Each grant draws a fencing token from one sequence, so tokens grow with every grant. Every
-write locks the plan's lease row and goes through only if the row still holds the writer's
-token: a holder that was paused or cut off past its lease, and replaced, gets
+write locks the plan's lease row for its statement and writes only if the row still holds
+the writer's token: a holder that was paused or cut off past its lease, and replaced, gets
 `StaleLeaseError` for everything it sends after. (An expired lease nobody took over is still
 the current one: its holder's writes and renewals are accepted, which forks nothing.)
 
@@ -70,6 +72,8 @@ class PostgresCheckpointStore(CheckpointStore):
         >>> store = PostgresCheckpointStore("postgresql://vibe:secret@db.internal/vibe", lease_ttl=30)
 
     """
+
+    lease_ttl: float
 
     def __init__(
         self,
@@ -162,6 +166,20 @@ class PostgresCheckpointStore(CheckpointStore):
 
         return await self.call(read)
 
+    async def read_many(
+        self, plan_id: str, checkpoint_ids: Sequence[str], parse: Callable[[str, bytes], _T]
+    ) -> list[Stored[_T]]:
+        check_plan_id(plan_id)
+        query = self._sql("SELECT checkpoint_id, data FROM {s}.vp_snapshots "
+                          "WHERE plan_id = %s AND checkpoint_id = ANY(%s)")
+        wanted = list(checkpoint_ids)
+
+        def read(conn: Any) -> list[Stored[_T]]:  # one query for a whole chain
+            rows = {name: bytes(data) for name, data in conn.execute(query, [plan_id, wanted])}
+            return [_parsed(name, rows[name], parse) for name in wanted if name in rows]
+
+        return await self.call(read) if wanted else []
+
     async def read_journals(self, plan_id: str, parse: Callable[[str, bytes], _J]) -> list[Stored[_J]]:
         check_plan_id(plan_id)
         return await self.call(functools.partial(self._journals, plan_id=plan_id, parse=parse))
@@ -231,19 +249,13 @@ class PostgresCheckpointStore(CheckpointStore):
         await self.run(self._sql("DELETE FROM {s}.vp_leases WHERE plan_id = %s AND token = %s"),
                        [lease.plan_id, lease.token], plan_id=lease.plan_id)
 
-    def _fence(self, conn: Any, lease: Lease) -> None:
-        """Lock the plan's lease row; raise `StaleLeaseError` unless it holds *lease*'s token.
-
-        The row lock orders this transaction against any grant or takeover of the plan.
-        """
-        row = conn.execute(self._sql("SELECT token FROM {s}.vp_leases WHERE plan_id = %s FOR UPDATE"),
-                           [lease.plan_id]).fetchone()
-        if row is None or int(row[0]) != lease.token:
-            self._refuse(conn, lease)
-
-    def _refuse(self, conn: Any, lease: Lease) -> None:
+    def _refuse(self, conn: Any, lease: Lease, snapshot_id: str = "") -> None:
+        """Raise why a fenced statement wrote nothing: a stale lease, or an existing snapshot."""
         held = conn.execute(self._sql("SELECT token, holder FROM {s}.vp_leases WHERE plan_id = %s"),
                             [lease.plan_id]).fetchone()
+        if held is not None and int(held[0]) == lease.token and snapshot_id:
+            raise CheckpointWriteError(Path(self.describe(lease.plan_id, snapshot_id + ".json")),
+                                       "a checkpoint with this name already exists")
         raise StaleLeaseError(lease.plan_id, Path(self.describe(lease.plan_id, ".lease")), lease.token,
                               int(held[0]) if held else None, held[1] if held else None)
 
@@ -257,35 +269,28 @@ class PostgresCheckpointStore(CheckpointStore):
     async def commit(self, lease: Lease, batch: WriteBatch) -> None:
         self._check_store(lease)
         plan_id = lease.plan_id
-
-        def apply(conn: Any, journal: bytes, snapshot: bytes) -> None:
-            self._fence(conn, lease)
-            if journal:
-                conn.execute(self._sql(
-                    "INSERT INTO {s}.vp_journal_chunks (plan_id, run_id, token, data) "
-                    "VALUES (%s, %s, %s, %s)"),
-                    [plan_id, batch.run_id, lease.token, journal])
-            if batch.snapshot is not None:
-                checkpoint_id = batch.snapshot.checkpoint_id
-                inserted = conn.execute(self._sql(
-                    "INSERT INTO {s}.vp_snapshots (plan_id, checkpoint_id, sequence, token, data) "
-                    "VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING"),
-                    [plan_id, checkpoint_id, checkpoint_sequence(checkpoint_id), lease.token, snapshot])
-                if inserted.rowcount != 1:
-                    raise CheckpointWriteError(Path(self.describe(plan_id, checkpoint_id + ".json")),
-                                               "a checkpoint with this name already exists")
-            if batch.truncate_journal:
-                conn.execute(self._sql(
-                    "DELETE FROM {s}.vp_journal_chunks WHERE plan_id = %s AND run_id = %s"),
-                    [plan_id, batch.run_id])
-            self._delete(conn, plan_id, batch.delete_checkpoints, batch.delete_journals)
+        snapshot_id = batch.snapshot.checkpoint_id if batch.snapshot is not None else ""
+        # What the steps leave behind, as one statement: an append that the truncation or a
+        # deletion of the same journal would undo is not made at all.
+        append = not batch.truncate_journal and batch.run_id not in batch.delete_journals
 
         def encode_then_apply() -> None:
-            # Encoded before the transaction: an encoding error leaves everything as it was,
-            # and the lease row is locked only for the writes themselves.
+            # Encoded before the statement: an encoding error leaves everything as it was.
             journal = batch.journal() if callable(batch.journal) else batch.journal
             snapshot = batch.snapshot.encode() if batch.snapshot is not None else b""
-            self._transaction(lambda conn: apply(conn, journal, snapshot), plan_id=plan_id, writing=True)
+            params = {
+                "plan": plan_id, "token": lease.token, "run": batch.run_id, "cp": snapshot_id,
+                "seq": checkpoint_sequence(snapshot_id) if snapshot_id else 0, "snapshot": snapshot,
+                "journal": journal, "append": bool(journal) and append, "write": bool(snapshot_id),
+                "truncate": batch.truncate_journal, "doomed": list(batch.delete_checkpoints),
+                "dead": list(batch.delete_journals),
+            }
+
+            def apply(conn: Any) -> None:
+                if conn.execute(self._commit_sql, params).fetchone()[0] == 0:
+                    self._refuse(conn, lease, snapshot_id)
+
+            self._transaction(apply, plan_id=plan_id, writing=True)
 
         await anyio.to_thread.run_sync(encode_then_apply)
 
@@ -305,22 +310,29 @@ class PostgresCheckpointStore(CheckpointStore):
     async def delete_plan(self, lease: Lease) -> None:
         self._check_store(lease)
 
+        delete_all = self._sql(
+            "WITH fence AS (SELECT plan_id FROM {s}.vp_leases WHERE plan_id = %(plan)s AND token = %(token)s "
+            "  FOR UPDATE), "
+            "a AS (DELETE FROM {s}.vp_snapshots t USING fence WHERE t.plan_id = fence.plan_id RETURNING 1), "
+            "b AS (DELETE FROM {s}.vp_journal_chunks t USING fence WHERE t.plan_id = fence.plan_id "
+            "  RETURNING 1), "
+            "c AS (DELETE FROM {s}.vp_queue t USING fence WHERE t.plan_id = fence.plan_id RETURNING 1) "
+            "SELECT count(*) FROM fence")
+
         def delete(conn: Any) -> None:
-            self._fence(conn, lease)
-            for table in ("vp_snapshots", "vp_journal_chunks", "vp_queue"):
-                conn.execute(self._sql(f"DELETE FROM {{s}}.{table} WHERE plan_id = %s"), [lease.plan_id])
+            if conn.execute(delete_all, {"plan": lease.plan_id, "token": lease.token}).fetchone()[0] == 0:
+                self._refuse(conn, lease)
 
         await self.call(delete, plan_id=lease.plan_id, writing=True)
 
     def _delete(self, conn: Any, plan_id: str, checkpoint_ids: Sequence[str], run_ids: Sequence[str]) -> None:
-        if checkpoint_ids:
-            conn.execute(self._sql(
-                "DELETE FROM {s}.vp_snapshots WHERE plan_id = %s AND checkpoint_id = ANY(%s)"),
-                [plan_id, list(checkpoint_ids)])
-        if run_ids:
-            conn.execute(self._sql(
-                "DELETE FROM {s}.vp_journal_chunks WHERE plan_id = %s AND run_id = ANY(%s)"),
-                [plan_id, list(run_ids)])
+        conn.execute(self._sql(
+            "WITH a AS (DELETE FROM {s}.vp_snapshots WHERE plan_id = %(plan)s "
+            "  AND checkpoint_id = ANY(%(ids)s) RETURNING 1), "
+            "b AS (DELETE FROM {s}.vp_journal_chunks WHERE plan_id = %(plan)s AND run_id = ANY(%(runs)s) "
+            "  RETURNING 1) "
+            "SELECT (SELECT count(*) FROM a), (SELECT count(*) FROM b)"),
+            {"plan": plan_id, "ids": list(checkpoint_ids), "runs": list(run_ids)})
 
     # -- transactions (public for the workers' queue, which shares the pool) -------------------
     async def run(self, query: str, params: Sequence[Any] = (), **options: Any) -> list[tuple[Any, ...]]:
@@ -345,15 +357,34 @@ class PostgresCheckpointStore(CheckpointStore):
         import psycopg
 
         try:
-            with self._connection() as conn, conn.transaction():
-                if isolation is not None:
-                    conn.execute(f"SET TRANSACTION ISOLATION LEVEL {isolation}")
-                return function(conn)
+            with self._connection() as conn:
+                if isolation is None:
+                    return function(conn)  # autocommit: each statement is its own transaction
+                with conn.transaction():
+                    conn.execute(f"SET TRANSACTION ISOLATION LEVEL {isolation} READ ONLY")
+                    return function(conn)
         except psycopg.Error as exc:
             reason = self._redact(f"PostgreSQL: {type(exc).__name__}: {exc}".strip())
             if writing:
                 raise CheckpointWriteError(Path(self.describe(plan_id or "")), reason) from None
             raise StoreUnavailableError(self.where, reason) from None
+
+    def redact(self, text: str) -> str:
+        """Return *text* with the store's password replaced by ``[REDACTED]``."""
+        return self._redact(text)
+
+    def connect(self) -> Any:
+        """Open a connection of its own (not pooled, autocommit), blocking: for ``LISTEN``.
+
+        Raises `StoreUnavailableError` (password redacted) if the database cannot be reached.
+        """
+        import psycopg
+
+        try:
+            return psycopg.connect(self._conninfo, autocommit=True, application_name="vibe_planner",
+                                   connect_timeout=max(1, int(self._connect_timeout)))
+        except psycopg.Error as exc:
+            raise StoreUnavailableError(self.where, self._redact(f"PostgreSQL: {exc}")) from None
 
     def _connection(self) -> Any:
         with self._opening:
@@ -372,15 +403,45 @@ class PostgresCheckpointStore(CheckpointStore):
         with psycopg.connect(self._conninfo, connect_timeout=max(1, int(self._connect_timeout)),
                              application_name="vibe_planner") as conn:
             migrate(conn, self.schema)
+        # Autocommit: every write is one statement, so no lock is ever held while this process
+        # is not looking (a paused or dying process cannot block a takeover); the session
+        # timeout is a backstop for the few read transactions.
+        idle = max(1000, int(self.lease_ttl * 1000))
+        given = psycopg.conninfo.conninfo_to_dict(self._conninfo).get("options") or ""
         pool = psycopg_pool.ConnectionPool(
             self._conninfo, min_size=1, max_size=self._max_connections, open=False,
-            kwargs={"application_name": "vibe_planner"}, name=f"vibe_planner {self.where}",
-            timeout=self._connect_timeout)
+            kwargs={"application_name": "vibe_planner", "autocommit": True,
+                    "options": f"{given} -c idle_in_transaction_session_timeout={idle}".strip()},
+            name=f"vibe_planner {self.where}", timeout=self._connect_timeout)
         pool.open(wait=True, timeout=self._connect_timeout)
         return pool
 
     def _sql(self, query: str) -> str:
         return query.replace("{s}", self.schema)
+
+    @functools.cached_property
+    def _commit_sql(self) -> str:
+        """A `WriteBatch` as one statement, fenced: it writes only if the lease is current.
+
+        The lease row is locked for the statement (so a takeover waits for it, or it for the
+        takeover, which then makes it write nothing), and nothing is written if the snapshot
+        id exists already. It returns how many lease rows matched: 0 means nothing was done.
+        """
+        return self._sql(
+            "WITH fence AS (SELECT plan_id FROM {s}.vp_leases WHERE plan_id = %(plan)s AND token = %(token)s "
+            "  AND NOT EXISTS (SELECT 1 FROM {s}.vp_snapshots WHERE plan_id = %(plan)s "
+            "                  AND checkpoint_id = %(cp)s) FOR UPDATE), "
+            "chunk AS (INSERT INTO {s}.vp_journal_chunks (plan_id, run_id, token, data) "
+            "  SELECT plan_id, %(run)s, %(token)s, %(journal)s FROM fence WHERE %(append)s RETURNING 1), "
+            "snap AS (INSERT INTO {s}.vp_snapshots (plan_id, checkpoint_id, sequence, token, data) "
+            "  SELECT plan_id, %(cp)s, %(seq)s, %(token)s, %(snapshot)s FROM fence WHERE %(write)s "
+            "  RETURNING 1), "
+            "cut AS (DELETE FROM {s}.vp_journal_chunks c USING fence WHERE c.plan_id = fence.plan_id "
+            "  AND (c.run_id = ANY(%(dead)s) OR (%(truncate)s AND c.run_id = %(run)s)) RETURNING 1), "
+            "gone AS (DELETE FROM {s}.vp_snapshots t USING fence WHERE t.plan_id = fence.plan_id "
+            "  AND t.checkpoint_id = ANY(%(doomed)s) RETURNING 1) "
+            "SELECT (SELECT count(*) FROM fence), (SELECT count(*) FROM chunk), (SELECT count(*) FROM snap), "
+            "(SELECT count(*) FROM cut), (SELECT count(*) FROM gone)")
 
 
 def _parsed(key: str, data: bytes, parse: Callable[[str, bytes], _T]) -> Stored[_T]:

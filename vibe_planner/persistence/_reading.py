@@ -15,6 +15,7 @@ from typing import Any, Generic, TypeVar
 from .._exceptions import CheckpointCorruptError
 from .._ids import checkpoint_sequence
 from .._models import Checkpoint, CheckpointInfo, ResultRecord, ResumePoint
+from ._chain import Link, decode_any
 from ._codec import JournalRead, decode_journal, journal_continues, journal_results, peek_summary
 from ._retention import RunIds
 from ._store import CheckpointStore, Stored, journal_name
@@ -50,14 +51,22 @@ def checkpoint_path(store: CheckpointStore, plan_id: str, checkpoint_id: str) ->
 
 
 def parser(
-    store: CheckpointStore, run_of: RunIds, plan_id: str, decode: Callable[[bytes, Path], Document]
-) -> Callable[[str, bytes], Document]:
-    """Return ``parse(checkpoint_id, raw)`` for the store; it also learns the run id."""
+    store: CheckpointStore, run_of: RunIds, base_of: RunIds, plan_id: str, model: type[Document]
+) -> Callable[[str, bytes], Document | Link]:
+    """Return ``parse(checkpoint_id, raw)`` for the store; it also learns the run and base.
 
-    def parse(checkpoint_id: str, raw: bytes) -> Document:
-        checkpoint = decode(raw, checkpoint_path(store, plan_id, checkpoint_id))
-        run_of[checkpoint_id] = checkpoint.run_id
-        return checkpoint
+    A base is decoded as *model*; a delta comes back as a `Link`, whose chain the manager reads.
+    """
+
+    def parse(checkpoint_id: str, raw: bytes) -> Document | Link:
+        found = decode_any(model, raw, checkpoint_path(store, plan_id, checkpoint_id))
+        if isinstance(found, Link):
+            run_of[checkpoint_id] = str(found.data["run_id"])
+            base_of[checkpoint_id] = found.base
+        else:
+            run_of[checkpoint_id] = found.run_id
+            base_of[checkpoint_id] = checkpoint_id
+        return found
 
     return parse
 

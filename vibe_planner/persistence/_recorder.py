@@ -9,8 +9,11 @@ requests coalesce: if several pile up while the thread is busy, one snapshot of 
 state is written, under the most important reason asked for.
 
 Invariant: a snapshot's state is captured on the event loop right after the batch's journal
-records are taken, so it contains every record written to the journal so far, and the journal
-can be emptied once the snapshot is durable.
+records are taken, so it contains every record written to the journal so far. A run's first
+snapshot is a base (the whole state); the next ones are deltas (what changed since the last
+snapshot; with the journal on, they point at the journal records instead of repeating them),
+until the deltas since the base have grown to ``base_ratio`` times the base (`ChainWriter`). So
+the journal is never emptied: deltas point into it.
 
 Lifecycle: ``async with open_recorder(...) as recorder`` starts the writer and, on the way out,
 lets it write what is queued and waits for it (a cancelled run still gets its last snapshot).
@@ -29,7 +32,8 @@ import anyio.lowlevel
 
 from .._models import CheckpointReason
 from .._state import Capture, Record, RunState
-from ._codec import checkpoint_fields, encode_checkpoint
+from ._chain import ChainWriter, Parent, delta_fields
+from ._codec import checkpoint_fields, checksum_of, encode_checkpoint
 from ._manager import WorkflowPersistenceManager
 
 __all__ = ["Durability", "RunRecorder", "open_recorder"]
@@ -85,6 +89,7 @@ class RunRecorder:
         self._failure_scopes: list[anyio.CancelScope] = []
         self.written: list[str] = []
         """Ids of the checkpoints written, oldest first."""
+        self._chain = ChainWriter(manager.base_ratio if manager is not None else 0)
 
     # -- called by the scheduler, on the event loop ------------------------------------------
     def node_finished(self, record: Record) -> None:
@@ -183,7 +188,10 @@ class RunRecorder:
         records, self._records = self._records, []
         reason, self._reason = self._reason, None
         target = self._requested
-        capture = self._state.capture() if reason is not None else None
+        capture = None
+        if reason is not None:
+            chain = self._chain
+            capture = self._state.capture() if chain.wants_base() else self._state.capture_changes(chain.mark)
         try:
             checkpoint_id = await self._commit(records, capture, reason)
         except Exception as exc:
@@ -204,25 +212,53 @@ class RunRecorder:
         progress.set()
 
     async def _commit(self, records: list[Record], capture: Capture | None, reason: str | None) -> str | None:
-        """Append the journal, write the snapshot, empty the journal: one batch, one hop."""
+        """Append the journal, then write the snapshot (a base or a delta): one batch, one hop."""
         assert self._manager is not None
-        state = self._state
+        state, chain = self._state, self._chain
+        journaled = [record["node_id"] for record in records]
+        made: dict[str, int | str] = {}
         encode = None
         if capture is not None and reason is not None:
-
-            def encode(checkpoint_id: str, sequence: int) -> bytes:  # called off the loop
-                fields = checkpoint_fields(
-                    state, capture, checkpoint_id=checkpoint_id, sequence=sequence, reason=reason
-                )
-                return encode_checkpoint(fields)
+            parent = None if capture.full else chain.parent
+            journal = chain.journal_ref(journaled) if parent is not None else None
+            encode = _encoder(state, capture, reason, parent, journal, made)
 
         checkpoint_id = await self._manager.write(
             state.plan.plan_id, state.run_id, records, resumed_from=self._header if records else None,
-            snapshot=encode, truncate_journal=self._journal_on,
+            snapshot=encode, base=None if capture is None or capture.full or chain.parent is None
+            else chain.parent.base,
+            # Only when every snapshot is a base (base_ratio 0) does none point into the
+            # journal: then, as in version 1, a durable snapshot empties it.
+            truncate_journal=self._journal_on and chain.ratio <= 0,
         )
         if records or checkpoint_id is not None:
             self._header = None  # written, or the journal is this snapshot's from now on
+        chain.journal_written(journaled)
+        if checkpoint_id is not None and capture is not None:
+            chain.snapshot_written(checkpoint_id, full=capture.full, size=int(made["size"]),
+                                   checksum=str(made["checksum"]), mark=capture.mark)
         return checkpoint_id
+
+
+def _encoder(
+    state: RunState, capture: Capture, reason: str, parent: Parent | None,
+    journal: dict[str, object] | None, made: dict[str, int | str],
+) -> Callable[[str, int], bytes]:
+    """Return the function making a snapshot's bytes off the loop (a base if no *parent*)."""
+
+    def encode(checkpoint_id: str, sequence: int) -> bytes:  # called off the loop
+        if parent is None:
+            fields = checkpoint_fields(state, capture, checkpoint_id=checkpoint_id, sequence=sequence,
+                                       reason=reason)
+        else:
+            fields = delta_fields(capture, plan_id=state.plan.plan_id, run_id=state.run_id,
+                                  total=len(state.plan.nodes), parent=parent, journal=journal,
+                                  checkpoint_id=checkpoint_id, sequence=sequence, reason=reason)
+        data = encode_checkpoint(fields)
+        made["size"], made["checksum"] = len(data), checksum_of(data)
+        return data
+
+    return encode
 
 
 @contextlib.asynccontextmanager

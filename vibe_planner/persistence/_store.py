@@ -27,7 +27,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from .._exceptions import CheckpointError, CheckpointNotFoundError
+from .._exceptions import (
+    CheckpointCorruptError,
+    CheckpointError,
+    CheckpointNotFoundError,
+    UnsafeCheckpointFolderError,
+)
 from .._ids import checkpoint_sequence
 
 __all__ = ["CheckpointStore", "Latest", "Lease", "SnapshotWrite", "Stored", "WriteBatch", "journal_name"]
@@ -181,6 +186,28 @@ class CheckpointStore(ABC):
             journals = [] if parse_journal is None else await self.read_journals(plan_id, parse_journal)
             return Latest(newest, checkpoint, journals)
         raise CheckpointError(f"checkpoints of plan {plan_id!r} keep vanishing while being read")
+
+    async def read_many(
+        self, plan_id: str, checkpoint_ids: Sequence[str], parse: Callable[[str, bytes], _T]
+    ) -> list[Stored[_T]]:
+        """Return these snapshots of a plan, ``parse(checkpoint_id, bytes)`` of each, in order.
+
+        What a delta's chain needs in one call. Like `read_checkpoints`: a damaged or unsafe one
+        comes with `Stored.error` set, a missing one is left out. This default makes one call per
+        snapshot; the file store makes one hop, a database store can make one query.
+        """
+        found: list[Stored[_T]] = []
+        for checkpoint_id in checkpoint_ids:
+            try:
+                value = await self.read_checkpoint(plan_id, checkpoint_id,
+                                                   functools.partial(parse, checkpoint_id))
+            except CheckpointNotFoundError:
+                continue
+            except (CheckpointCorruptError, UnsafeCheckpointFolderError) as exc:
+                found.append(Stored(checkpoint_id, 0, None, exc))
+                continue
+            found.append(Stored(checkpoint_id, 0, value))
+        return found
 
     async def find_plans(self, checkpoint_id: str) -> list[str]:
         """Return the ids of the plans holding a checkpoint *checkpoint_id* (normally one)."""

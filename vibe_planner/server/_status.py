@@ -8,7 +8,6 @@ running        planning or running now, in this service
 completed      every node completed
 failed         the run ended with failed nodes, or could not start (the error says why)
 cancelled      cancelled (``POST /v1/plans/{id}/cancel``, or the server stopped)
-waiting        waiting for a person's answer (human-in-the-loop)
 interrupted    its newest checkpoint is of a run that did not end (its process died): resume it
 corrupt        its newest checkpoint cannot be read
 =============  ==================================================================================
@@ -99,7 +98,7 @@ def checkpoint_status(reason: str | None, completed: int, total: int, error: str
         return "corrupt"
     if reason == "final":
         return "completed" if completed == total else "failed"
-    if reason in ("cancelled", "waiting"):
+    if reason == "cancelled":
         return reason
     return "interrupted"
 

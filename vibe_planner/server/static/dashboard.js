@@ -5,7 +5,7 @@
 
 const COLOURS = {
   pending: "#c9c6bf", queued: "#c9c6bf", running: "#2f7df6", retrying: "#e8a33d",
-  waiting: "#9b59d0", completed: "#2e9e5b", failed: "#d64541", skipped: "#8d8a84",
+  completed: "#2e9e5b", failed: "#d64541", skipped: "#8d8a84",
   cancelled: "#55534f",
 };
 const NODE_STATUS = {
@@ -111,7 +111,6 @@ async function refreshDetail() {
   showStatus(detail.status);
   $("plan-vibe").textContent = detail.vibe.description || "";
   if (detail.nodes) drawGraph(detail.nodes);
-  showRequests(detail.pending_requests || []);
   await refreshCheckpoints();
   return detail;
 }
@@ -275,11 +274,6 @@ async function act(action) {
 }
 $("cancel-button").addEventListener("click", () => act("cancel"));
 $("resume-button").addEventListener("click", () => act("resume"));
-
-function showRequests(requests) {
-  $("requests").hidden = requests.length === 0;
-  $("request-list").replaceChildren();
-}
 
 // -- start ----------------------------------------------------------------------------------
 async function start() {

@@ -1,0 +1,1 @@
+"""``python -m bench.scale``: workers on PostgreSQL (throughput, takeover) and store overhead."""
