@@ -58,7 +58,9 @@ def main() -> None:
     planner = MetaPlanner(
         planner=StaticPlanner(random_dag(size, seed)),
         handlers={"work": work},
-        persistence_manager=WorkflowPersistenceManager(checkpoint_dir),
+        # CRASH_WORKER_BASE_RATIO=0: every snapshot whole (a test that needs snapshots to grow).
+        persistence_manager=WorkflowPersistenceManager(
+            checkpoint_dir, base_ratio=float(os.environ.get("CRASH_WORKER_BASE_RATIO", "3"))),
         checkpoint_interval=interval,
         durability=durability,  # type: ignore[arg-type]
         max_concurrency=8,

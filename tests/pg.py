@@ -12,6 +12,7 @@ server's log, and every test that needs it fails with that message.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import glob
 import os
@@ -26,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["PostgresServer", "close_stores", "fresh_schema", "pg_store", "server", "stop"]
+__all__ = ["PostgresServer", "close_stores", "fresh_schema", "pg_store", "server", "stop", "sweep"]
 
 _USER = "vibe"
 _DATABASE = "vibe"
@@ -96,6 +97,7 @@ def start(*, durable: bool = False) -> PostgresServer:
     if run_as is not None:
         entry = pwd.getpwnam(run_as)
         os.chown(folder, entry.pw_uid, entry.pw_gid)
+    (folder / "owner").write_text(str(os.getpid()))  # for `sweep`, if this process dies
     password = secrets.token_urlsafe(18)
     pwfile = folder / "pw"
     pwfile.write_text(password + "\n")
@@ -152,8 +154,10 @@ def server() -> PostgresServer:
         if _failure is not None:
             raise RuntimeError(_failure)
         if _server is None:
+            sweep()
             try:
                 _server = start()
+                atexit.register(stop)
             except RuntimeError as exc:
                 _failure = str(exc)
                 raise
@@ -161,13 +165,32 @@ def server() -> PostgresServer:
 
 
 def stop() -> None:
-    """Stop the server if it was started (session end)."""
+    """Stop the server if it was started (session end, or exit)."""
     global _server
     with _lock:
         if _server is not None:
-            close_stores()
-            _server.stop()
-            _server = None
+            running, _server = _server, None
+            try:
+                close_stores(running)
+            finally:
+                running.stop()
+
+
+def sweep() -> None:
+    """Stop and remove servers whose test process died without stopping them (a killed run)."""
+    for folder in glob.glob(os.path.join(tempfile.gettempdir(), "vibe-pg-*")):
+        try:
+            owner = int(Path(folder, "owner").read_text())
+            os.kill(owner, 0)
+            continue  # its process is alive (or not ours to signal)
+        except ProcessLookupError:
+            pass
+        except (OSError, ValueError):
+            continue  # being set up or removed, or not one of ours
+        with contextlib.suppress(OSError, KeyError):  # removed meanwhile: nothing to do
+            uid = os.stat(folder).st_uid
+            run_as = pwd.getpwuid(uid).pw_name if os.geteuid() == 0 and uid != 0 else None
+            PostgresServer(Path(folder), 0, "", run_as).stop()
 
 
 def fresh_schema() -> str:
@@ -188,10 +211,11 @@ def pg_store(**options: Any) -> Any:
     return store
 
 
-def close_stores() -> None:
+def close_stores(running: PostgresServer | None = None) -> None:
     """Close the stores `pg_store` made (their connection pools), outside any event loop."""
-    if _server is None:
+    running = running or _server
+    if running is None:
         return
-    stores, _server.stores = _server.stores, []
+    stores, running.stores = running.stores, []
     for store in stores:
         store.close()

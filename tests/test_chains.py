@@ -8,6 +8,7 @@ documented format part ways, these tests say so.
 from __future__ import annotations
 
 import gzip
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from vibe_planner import (
     CheckpointCorruptError,
     CheckpointStore,
     CheckpointWritten,
+    FileCheckpointStore,
     MetaPlanner,
     NodeContext,
     ProgressEvent,
@@ -364,3 +366,37 @@ async def test_a_lone_delta_is_refused_by_the_whole_document_decoder(tmp_path: P
     path = folder / f"{delta['checkpoint_id']}.json"
     with pytest.raises(CheckpointCorruptError, match="read with its chain"):
         decode_checkpoint(path.read_bytes(), path)
+
+
+class PrunedWhileChainRead(FileCheckpointStore):
+    """Right before a delta's chain is read, a writer adds a newer base and keep_last=1 deletes
+    the old chain (what real retention does once the newest is a base)."""
+
+    def __init__(self, root: Path, newer: Path, doomed: list[Path]) -> None:
+        super().__init__(root)
+        self.newer, self.doomed = newer, doomed
+
+    async def read_many(self, plan_id: str, checkpoint_ids: Any, parse: Any) -> Any:
+        if self.doomed:
+            shutil.copy2(self.newer, self.location(plan_id, self.newer.name))
+            for path in self.doomed:
+                self.location(plan_id, path.name).unlink()
+            self.doomed = []
+        return await super().read_many(plan_id, checkpoint_ids, parse)
+
+
+async def test_a_chain_pruned_while_it_is_read_reads_the_new_latest(tmp_path: Path) -> None:
+    manager = WorkflowPersistenceManager(tmp_path / "run")
+    first = await planner_for(manager, size=6).execute("pruned chain")
+    second = await planner_for(manager, size=6).execute("pruned chain")  # a new run: a new base
+    folder = tmp_path / "run" / first.plan_id
+    old_chain = [folder / f"{i}.json" for i in first.checkpoints_written]
+    newer = folder / f"{second.checkpoints_written[0]}.json"
+    assert documents(folder)[len(old_chain)]["kind"] == "base"
+    copy = tmp_path / "cp" / first.plan_id
+    copy.mkdir(parents=True, mode=0o700)
+    for path in old_chain:
+        shutil.copy2(path, copy / path.name)
+    reader = WorkflowPersistenceManager(store=PrunedWhileChainRead(tmp_path / "cp", newer, old_chain))
+    latest = await reader.latest(first.plan_id)
+    assert latest is not None and latest.checkpoint_id == newer.stem

@@ -36,6 +36,9 @@ VIBE = "a launch post for our coffee brand"
 CONSTRAINT = "under 800 words"
 PLAN_ID = Vibe(description=VIBE, constraints=[CONSTRAINT]).default_plan_id()
 PLAN_ID_DOCS = Vibe(description=VIBE, style="warm, witty", constraints=[CONSTRAINT]).default_plan_id()
+PRESS = "a press release for our new single-origin coffee"
+PLAN_ID_PRESS = Vibe(description=PRESS,
+                     constraints=["must be approved by legal before publishing"]).default_plan_id()
 CP = ["--checkpoint-dir", "cps"]
 DELAY = "VIBE_PLANNER_OFFLINE_DELAY"
 EVENT_LINE = re.compile(r"^\[ *\d+\.\d\ds\] ")
@@ -465,7 +468,8 @@ def doc_session(page: Path = DOCS) -> list[tuple[dict[str, str], list[str], list
 @pytest.mark.parametrize(("page", "commands"), [
     pytest.param(DOCS, [["run", VIBE], ["resume", PLAN_ID_DOCS], ["checkpoints", "list"],
                         ["plan", "a haiku about tea"]], id="docs-cli"),
-    pytest.param(README, [["run", VIBE], ["resume", PLAN_ID_DOCS], ["checkpoints", "list"]],
+    pytest.param(README, [["run", VIBE], ["resume", PLAN_ID_DOCS], ["checkpoints", "list"],
+                          ["run", PRESS], ["approve", PLAN_ID_PRESS], ["resume", PLAN_ID_PRESS]],
                  id="readme"),
 ])
 def test_docs_console_session_runs_as_shown(tmp_path: Path, page: Path, commands: list[list[str]]) -> None:
@@ -477,7 +481,8 @@ def test_docs_console_session_runs_as_shown(tmp_path: Path, page: Path, commands
             expected, shown = 130, [line for line in shown if line.startswith("vibe-planner:")]
         else:
             result = cli(tmp_path, *argv, **env)
-            code, out, err, expected = result.returncode, result.stdout, result.stderr, 0
+            waits = any(line.startswith("waiting: plan") for line in shown)  # exit code 5
+            code, out, err, expected = result.returncode, result.stdout, result.stderr, 5 if waits else 0
         assert code == expected, (argv, err)
         printed = {normalise(line) for line in (out + err).splitlines()}
         missing = [line for line in shown if line != "..." and normalise(line) not in printed]
@@ -502,4 +507,4 @@ def test_docs_synopses_match_the_help(capsys: pytest.CaptureFixture[str]) -> Non
         for option in re.findall(r"--[a-z-]+", line):
             assert option in helps[command], (line, option)
     assert helps[("checkpoints", "prune")].startswith("usage: vibe-planner checkpoints prune")
-    assert len(helps) == 12
+    assert len(helps) == 15

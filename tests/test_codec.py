@@ -146,6 +146,7 @@ def test_peek_summary(final_checkpoint: tuple[bytes, Path]) -> None:
         "reason": "final",
         "completed_nodes": len(checkpoint.completed_nodes),
         "total_nodes": len(checkpoint.workflow_plan.nodes),
+        "waiting_for": [],
     }
 
 

@@ -26,7 +26,14 @@ import pytest
 
 from tests import pg
 from tests.pg_worker import NODE_RUNS
-from vibe_planner import MetaPlanner, PostgresCheckpointStore, WorkflowPersistenceManager
+from vibe_planner import (
+    MetaPlanner,
+    PostgresCheckpointStore,
+    ProgressEvent,
+    RunFinished,
+    Worker,
+    WorkflowPersistenceManager,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKER = ROOT / "tests" / "pg_worker.py"
@@ -289,3 +296,39 @@ def test_the_command_line_submits_and_works(tmp_path: Path) -> None:
                                                  listed.stdout))
     nowhere = cli("submit", "a haiku about tea", VIBE_PLANNER_STORE=str(tmp_path / "files"))
     assert nowhere.returncode == 2 and "submit needs a PostgreSQL store" in nowhere.stderr
+
+
+def idle_after_listening(store: PostgresCheckpointStore) -> bool:
+    """Whether the worker listens, and has looked at the queue since, and is not looking now."""
+    with psycopg.connect(pg.server().url) as conn:
+        rows = conn.execute("SELECT query, state, state_change FROM pg_stat_activity "
+                            "WHERE application_name = 'vibe_planner' AND datname = 'vibe'").fetchall()
+    listening = [changed for query, state, changed in rows if query.startswith("LISTEN") and state == "idle"]
+    looked = [changed for query, state, changed in rows if f"{store.schema}.vp_queue q SET state = 'running'"
+              in query and state == "idle"]
+    busy = [query for query, state, _ in rows if state != "idle" and store.schema in query]
+    return bool(listening and looked and not busy and max(looked) > max(listening))
+
+
+@pytest.mark.anyio
+async def test_an_idle_worker_is_woken_by_a_submission_not_by_polling() -> None:
+    store = pg.pg_store()
+    finished = anyio.Event()
+
+    def on_event(event: ProgressEvent) -> None:
+        if isinstance(event, RunFinished):
+            finished.set()
+
+    planner = MetaPlanner(persistence_manager=WorkflowPersistenceManager(store=store),
+                          progress_callback=on_event)
+    worker = Worker(planner, poll_interval=3600)  # it will not look again on its own within the test
+    with anyio.fail_after(HANG_GUARD):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(worker.run)
+            while not idle_after_listening(store):  # noqa: ASYNC110 - a state of the server, no event to wait on
+                await anyio.sleep(0.02)
+            plan_id = await planner.submit("woken by NOTIFY")
+            await finished.wait()  # the plan ran: the worker woke up
+            tg.cancel_scope.cancel()
+    latest = await planner.persistence_manager.latest(plan_id)
+    assert latest is not None and latest.reason == "final" and not latest.pending_nodes

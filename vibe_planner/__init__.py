@@ -1,32 +1,42 @@
 """vibe_planner: plan a vibe into a DAG, run it concurrently, checkpoint it, resume it."""
 
 from ._events import CheckpointWritten as CheckpointWritten
+from ._events import NodeAnswered as NodeAnswered
 from ._events import NodeCompleted as NodeCompleted
 from ._events import NodeFailed as NodeFailed
 from ._events import NodeRetrying as NodeRetrying
 from ._events import NodeSkipped as NodeSkipped
 from ._events import NodeStarted as NodeStarted
+from ._events import NodeWaiting as NodeWaiting
 from ._events import PlanCreated as PlanCreated
 from ._events import ProgressEvent as ProgressEvent
 from ._events import RunFinished as RunFinished
+from ._exceptions import ApprovalRejectedError as ApprovalRejectedError
 from ._exceptions import CheckpointCorruptError as CheckpointCorruptError
 from ._exceptions import CheckpointError as CheckpointError
 from ._exceptions import CheckpointMismatchError as CheckpointMismatchError
 from ._exceptions import CheckpointNotFoundError as CheckpointNotFoundError
 from ._exceptions import CheckpointWriteError as CheckpointWriteError
+from ._exceptions import InputRequestError as InputRequestError
+from ._exceptions import InvalidAnswerError as InvalidAnswerError
 from ._exceptions import InvalidIdentifierError as InvalidIdentifierError
+from ._exceptions import InvalidInputSchemaError as InvalidInputSchemaError
 from ._exceptions import InvalidMetadataError as InvalidMetadataError
 from ._exceptions import InvalidVibeError as InvalidVibeError
 from ._exceptions import NodeError as NodeError
 from ._exceptions import NodeOutputError as NodeOutputError
 from ._exceptions import PlanLockedError as PlanLockedError
 from ._exceptions import PlanningError as PlanningError
+from ._exceptions import PlanNotWaitingError as PlanNotWaitingError
 from ._exceptions import PlanStateError as PlanStateError
 from ._exceptions import PlanValidationError as PlanValidationError
+from ._exceptions import RequestAlreadyAnsweredError as RequestAlreadyAnsweredError
+from ._exceptions import RequestExpiredError as RequestExpiredError
 from ._exceptions import ServerStoppingError as ServerStoppingError
 from ._exceptions import StaleLeaseError as StaleLeaseError
 from ._exceptions import StoreUnavailableError as StoreUnavailableError
 from ._exceptions import StrayCancellationError as StrayCancellationError
+from ._exceptions import UnknownRequestError as UnknownRequestError
 from ._exceptions import UnsafeCheckpointFolderError as UnsafeCheckpointFolderError
 from ._exceptions import VibePlannerError as VibePlannerError
 from ._metaplanner import MetaPlanner as MetaPlanner
@@ -34,6 +44,7 @@ from ._models import Checkpoint as Checkpoint
 from ._models import CheckpointInfo as CheckpointInfo
 from ._models import ErrorInfo as ErrorInfo
 from ._models import ExecutionResult as ExecutionResult
+from ._models import InputRequest as InputRequest
 from ._models import NodeResult as NodeResult
 from ._models import NodeStatus as NodeStatus
 from ._models import TokenUsage as TokenUsage
@@ -65,6 +76,7 @@ from .workers._worker import Worker as Worker
 __version__ = "0.1.0"
 
 __all__ = [
+    "ApprovalRejectedError",
     "Checkpoint",
     "CheckpointCorruptError",
     "CheckpointError",
@@ -79,7 +91,11 @@ __all__ = [
     "ExecutionResult",
     "FileCheckpointStore",
     "Handler",
+    "InputRequest",
+    "InputRequestError",
+    "InvalidAnswerError",
     "InvalidIdentifierError",
+    "InvalidInputSchemaError",
     "InvalidMetadataError",
     "InvalidVibeError",
     "LLMConfig",
@@ -89,6 +105,7 @@ __all__ = [
     "Lease",
     "MemoryCheckpointStore",
     "MetaPlanner",
+    "NodeAnswered",
     "NodeCompleted",
     "NodeContext",
     "NodeError",
@@ -99,15 +116,19 @@ __all__ = [
     "NodeSkipped",
     "NodeStarted",
     "NodeStatus",
+    "NodeWaiting",
     "OfflinePlanner",
     "PlanCreated",
     "PlanLockedError",
+    "PlanNotWaitingError",
     "PlanStateError",
     "PlanValidationError",
     "Planner",
     "PlanningError",
     "PostgresCheckpointStore",
     "ProgressEvent",
+    "RequestAlreadyAnsweredError",
+    "RequestExpiredError",
     "RetryPolicy",
     "RunFinished",
     "ServerStoppingError",
@@ -117,6 +138,7 @@ __all__ = [
     "Stored",
     "StrayCancellationError",
     "TokenUsage",
+    "UnknownRequestError",
     "UnsafeCheckpointFolderError",
     "Vibe",
     "VibePlannerError",

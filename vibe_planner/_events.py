@@ -10,6 +10,7 @@ import inspect
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, ClassVar
 
 import anyio
@@ -18,11 +19,13 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 __all__ = [
     "CheckpointWritten",
     "EventBus",
+    "NodeAnswered",
     "NodeCompleted",
     "NodeFailed",
     "NodeRetrying",
     "NodeSkipped",
     "NodeStarted",
+    "NodeWaiting",
     "PlanCreated",
     "ProgressEvent",
     "RunFinished",
@@ -106,6 +109,27 @@ class NodeSkipped(ProgressEvent):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class NodeWaiting(ProgressEvent):
+    """A node asked a person for input and waits for the answer (other branches go on)."""
+
+    kind: ClassVar[str] = "waiting"
+    node_id: str
+    request_id: str
+    """What to answer with `MetaPlanner.respond`."""
+    prompt: str
+    deadline: datetime | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NodeAnswered(ProgressEvent):
+    """A waiting node's answer came: it runs again, and its `request_input` returns the answer."""
+
+    kind: ClassVar[str] = "answered"
+    node_id: str
+    request_id: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class CheckpointWritten(ProgressEvent):
     """A checkpoint is durable on disk."""
 
@@ -116,7 +140,7 @@ class CheckpointWritten(ProgressEvent):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RunFinished(ProgressEvent):
-    """The run ended (completed, failed or cancelled)."""
+    """The run ended (completed, failed, cancelled, or waiting for a person's answer)."""
 
     kind: ClassVar[str] = "run_finished"
     status: str

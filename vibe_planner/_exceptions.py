@@ -8,7 +8,15 @@ VibePlannerError
 ├── PlanValidationError           (also ValueError)  a plan that is not a valid DAG
 ├── PlanningError                                    the planner could not produce a valid plan
 ├── NodeError                                       raised by node handlers to steer retries
-│   └── StrayCancellationError                      a handler let out a stray cancellation
+│   ├── StrayCancellationError                      a handler let out a stray cancellation
+│   └── ApprovalRejectedError                       a person rejected an ``approval`` node
+├── InputRequestError                                a person's answer that cannot be taken
+│   ├── InvalidAnswerError        (also ValueError)  the answer fails the request's JSON schema
+│   ├── InvalidInputSchemaError   (also ValueError)  a handler asked with an unsupported schema
+│   ├── UnknownRequestError       (also LookupError) the plan has no request with that id
+│   ├── RequestAlreadyAnsweredError                  the request has its answer already
+│   ├── RequestExpiredError                          the request's deadline has passed
+│   └── PlanNotWaitingError                          the plan waits for no answer at all
 ├── NodeOutputError               (also TypeError)   a node returned something that is not JSON
 ├── PlanLockedError                                  another process is running this plan
 │   └── StaleLeaseError                              a write under a lease since expired and taken over
@@ -30,28 +38,37 @@ friends while logs still say what went wrong and where.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "ApprovalRejectedError",
     "CheckpointCorruptError",
     "CheckpointError",
     "CheckpointMismatchError",
     "CheckpointNotFoundError",
     "CheckpointWriteError",
+    "InputRequestError",
+    "InvalidAnswerError",
     "InvalidIdentifierError",
+    "InvalidInputSchemaError",
     "InvalidMetadataError",
     "InvalidVibeError",
     "NodeError",
     "NodeOutputError",
     "PlanLockedError",
+    "PlanNotWaitingError",
     "PlanStateError",
     "PlanValidationError",
     "PlanningError",
+    "RequestAlreadyAnsweredError",
+    "RequestExpiredError",
     "ServerStoppingError",
     "StaleLeaseError",
     "StoreUnavailableError",
     "StrayCancellationError",
+    "UnknownRequestError",
     "UnsafeCheckpointFolderError",
     "VibePlannerError",
 ]
@@ -174,6 +191,139 @@ class StrayCancellationError(NodeError):
 
     def __init__(self, message: str) -> None:
         super().__init__(message, retryable=True)
+
+
+class ApprovalRejectedError(NodeError):
+    """A person answered an ``approval`` node's request with ``approved: false``.
+
+    The node fails for good (no retry), so the steps that needed the approval are skipped.
+
+    Attributes:
+        node_id: The approval node.
+        request_id: The request that was rejected.
+        comment: What the person said, if anything.
+
+    """
+
+    def __init__(self, node_id: str, request_id: str, comment: str | None = None) -> None:
+        self.node_id = node_id
+        self.request_id = request_id
+        self.comment = comment
+        said = f": {comment}" if comment else ""
+        super().__init__(f"node {node_id!r} was rejected (request {request_id!r}){said}",
+                         retryable=False)
+
+
+class InputRequestError(VibePlannerError):
+    """Base class of the problems with a person's answer to a node's request.
+
+    When one is raised by `MetaPlanner.respond`, nothing was recorded: the plan's checkpoints
+    are as they were, and the request can still be answered (unless it expired).
+
+    Attributes:
+        plan_id: The plan the answer was for.
+        request_id: The request, if one was named.
+
+    """
+
+    def __init__(self, plan_id: str, request_id: str | None, message: str) -> None:
+        self.plan_id = plan_id
+        self.request_id = request_id
+        super().__init__(message)
+
+
+class InvalidAnswerError(InputRequestError, ValueError):
+    """An answer does not match the JSON schema of its request.
+
+    Attributes:
+        problems: One line per mismatch, each naming where in the answer (``$.comment``).
+
+    """
+
+    def __init__(self, plan_id: str, request_id: str, problems: Sequence[str]) -> None:
+        self.problems = list(problems)
+        super().__init__(plan_id, request_id, f"answer to request {request_id!r} of plan "
+                         f"{plan_id!r} does not match its schema: " + "; ".join(self.problems))
+
+
+class InvalidInputSchemaError(InputRequestError, ValueError):
+    """A handler asked for input with a schema outside the supported JSON Schema subset.
+
+    The node fails for good (a bug in the handler, not something a retry fixes).
+
+    Attributes:
+        reason: What is not supported, and where in the schema.
+
+    """
+
+    retryable = False
+
+    def __init__(self, plan_id: str, request_id: str, reason: str) -> None:
+        self.reason = reason
+        super().__init__(plan_id, request_id,
+                         f"request {request_id!r} of plan {plan_id!r} has an unusable schema: {reason}")
+
+
+class UnknownRequestError(InputRequestError, LookupError):
+    """The plan has no request with this id (pending or answered).
+
+    Attributes:
+        pending: The ids of the plan's pending requests (what could be answered).
+
+    """
+
+    def __init__(self, plan_id: str, request_id: str, pending: Sequence[str]) -> None:
+        self.pending = list(pending)
+        waiting = f"; it waits for {', '.join(self.pending)}" if self.pending else ""
+        super().__init__(plan_id, request_id,
+                         f"plan {plan_id!r} has no request {request_id!r}{waiting}")
+
+
+class RequestAlreadyAnsweredError(InputRequestError):
+    """The request was answered already; its first answer stands.
+
+    Attributes:
+        answered_at: When the first answer was recorded (``None`` if it expired unanswered).
+
+    """
+
+    def __init__(self, plan_id: str, request_id: str, answered_at: datetime | None) -> None:
+        self.answered_at = answered_at
+        when = f" at {answered_at.isoformat()}" if answered_at is not None else ""
+        super().__init__(plan_id, request_id,
+                         f"request {request_id!r} of plan {plan_id!r} was already answered{when}")
+
+
+class RequestExpiredError(InputRequestError):
+    """The request's deadline passed before it was answered.
+
+    Raised by `MetaPlanner.respond` for a late answer, and inside the run when the waiting node
+    runs again after its deadline without a default (the node then fails for good).
+
+    Attributes:
+        deadline: When the request expired.
+
+    """
+
+    retryable = False
+
+    def __init__(self, plan_id: str, request_id: str, deadline: datetime) -> None:
+        self.deadline = deadline
+        super().__init__(plan_id, request_id, f"request {request_id!r} of plan {plan_id!r} "
+                         f"expired at {deadline.isoformat()} without an answer")
+
+
+class PlanNotWaitingError(InputRequestError):
+    """The plan waits for no answer (it has no pending request, or no checkpoint at all).
+
+    Attributes:
+        reason: Where the plan stands instead.
+
+    """
+
+    def __init__(self, plan_id: str, request_id: str | None, reason: str) -> None:
+        self.reason = reason
+        super().__init__(plan_id, request_id, f"plan {plan_id!r} is not waiting for an answer: {reason}")
 
 
 class NodeOutputError(VibePlannerError, TypeError):

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import secrets
 from collections.abc import AsyncIterator, Callable, Mapping
+from datetime import datetime
 from typing import Any, Literal
 
 import anyio
@@ -25,6 +27,7 @@ from ._models import (
     Checkpoint,
     CheckpointInfo,
     ExecutionResult,
+    InputRequest,
     NodeStatus,
     ResumePoint,
     Vibe,
@@ -32,9 +35,11 @@ from ._models import (
     encode_json_bounded,
 )
 from ._redact import Redactor
-from ._state import RunState, as_record, as_results
+from ._state import RunState, as_record, as_results, utcnow
 from .execution._context import Handler, RetryPolicy
 from .execution._handlers import default_handlers
+from .execution._input import check_answer_ids
+from .execution._respond import LiveRuns
 from .execution._run import Run, RunSettings
 from .execution._scheduler import check_handlers
 from .llm import LLMConfig, LLMNodeHandler, LLMSession
@@ -78,6 +83,8 @@ class MetaPlanner:
         progress_callback: Called (sync or async) with every `ProgressEvent` of every run, from
             a task of its own: a slow callback misses events rather than slowing the run, and
             its exceptions are logged, never raised.
+        clock: Returns the current time (aware, UTC) by which input requests are asked and
+            expire; for tests and simulations (default: the system clock).
 
     Example:
         >>> planner = MetaPlanner(checkpoint_interval=5, max_concurrency=16)
@@ -98,6 +105,7 @@ class MetaPlanner:
         node_timeout: float | None = 300.0,
         fail_fast: bool = False,
         progress_callback: Callable[[ProgressEvent], Any] | None = None,
+        clock: Callable[[], datetime] | None = None,
     ) -> None:
         if checkpoint_interval is not None and checkpoint_interval < 1:
             raise ValueError(f"checkpoint_interval must be >= 1 or None, got {checkpoint_interval}")
@@ -124,6 +132,8 @@ class MetaPlanner:
         self.fail_fast = fail_fast
         self.progress_callback = progress_callback
         self._subscribers: list[MemoryObjectSendStream[ProgressEvent]] = []
+        self.clock: Callable[[], datetime] = clock or utcnow
+        self._live = LiveRuns()
 
     @property
     def llm(self) -> LLMConfig | None:
@@ -281,6 +291,41 @@ class MetaPlanner:
         await PlanQueue.of(self.persistence_manager.store).submit(plan_id, vibe, metadata)
         return plan_id
 
+    # -- human input ----------------------------------------------------------------------------
+    async def arespond(self, plan_id: str, request_id: str, value: Any) -> InputRequest:
+        """Answer a node's pending request (`InputRequest`); return it once the answer is durable.
+
+        If the plan runs in this process, the run takes the answer and the node runs again at
+        once; otherwise the answer is written as an ``answered`` checkpoint and the node runs
+        on the next `execute_with_resume` / `resume`. Nothing is recorded when this raises.
+
+        Raises:
+            InvalidAnswerError: *value* does not match the request's JSON schema.
+            UnknownRequestError: The plan has no request *request_id*.
+            RequestAlreadyAnsweredError: The request has an answer already (the first stands).
+            RequestExpiredError: The request's deadline has passed.
+            PlanNotWaitingError: The plan has no pending request (or no checkpoint).
+            PlanLockedError: Another process is running the plan.
+        """
+        check_answer_ids(plan_id, request_id)
+        manager = self.persistence_manager if self.durability != "none" else None
+        return await self._live.answer(manager, plan_id, request_id, value, now=self.clock())
+
+    def respond(self, plan_id: str, request_id: str, value: Any) -> InputRequest:
+        """Blocking twin of `arespond`, for scripts and threads (not for the event loop's thread).
+
+        From a worker thread of the app's event loop (``anyio.to_thread``) it runs `arespond`
+        on that loop, so a run of this planner alive there is woken in place.
+        """
+        call = functools.partial(self.arespond, plan_id, request_id, value)
+        if _on_event_loop():
+            raise RuntimeError("respond() blocks; on the event loop use: await planner.arespond(...)")
+        try:
+            anyio.from_thread.run_sync(_nothing)  # only works in an event loop's worker thread
+        except RuntimeError:
+            return anyio.run(call)  # a plain thread: the call gets a loop of its own
+        return anyio.from_thread.run(call)
+
     # -- checkpoints ----------------------------------------------------------------------------
     async def create_checkpoint(
         self,
@@ -305,8 +350,10 @@ class MetaPlanner:
         # on top of it at the next resume.
         completed = [as_record(r) for r in execution_state.node_results.values()
                      if r.status == NodeStatus.COMPLETED]
+        requests = execution_state.pending_requests if isinstance(execution_state, ExecutionResult) \
+            else execution_state.input_requests  # what the plan waits for stays answerable
         state = RunState.restored(plan, _new_run_id(), dict(metadata or {}), usage=execution_state.usage,
-                                  results=completed)
+                                  results=completed, requests=requests)
         async with self._locked(plan_id), open_recorder(
             self.persistence_manager, state, durability="interval", interval=None
         ) as recorder:
@@ -330,7 +377,7 @@ class MetaPlanner:
     def _locked(self, plan_id: str) -> contextlib.AbstractAsyncContextManager[Lease | None]:
         """Hold the plan's lease (renewed while held, where leases expire) for a block."""
         manager = self.persistence_manager if self.durability != "none" else None
-        return open_lease(manager, plan_id)
+        return _held(self._live, manager, plan_id)
 
     async def _restore(self, plan_id: str, checkpoint_id: str | None) -> Restored[ResumePoint] | None:
         if self.durability == "none" and checkpoint_id is None:
@@ -352,6 +399,7 @@ class MetaPlanner:
         state = RunState.restored(
             checkpoint.workflow_plan, _new_run_id(), {**checkpoint.metadata, **(metadata or {})},
             usage=checkpoint.usage, results=completed, journal=restored.journal_records,
+            requests=checkpoint.input_requests,
         )
         return await self._run(state, checkpoint.checkpoint_id, from_latest=from_latest)
 
@@ -373,6 +421,7 @@ class MetaPlanner:
             state, handlers, self._settings(), self.persistence_manager, resumed_from=resumed_from,
             from_latest=from_latest, callback=self.progress_callback,
             subscribers=list(self._subscribers), offline=self._ran_offline(state.plan),
+            on_accepting=functools.partial(self._live.attach, state.plan.plan_id),
         )
         result = await run.execute()
         if result.offline:
@@ -383,8 +432,22 @@ class MetaPlanner:
         return RunSettings(
             checkpoint_interval=self.checkpoint_interval, durability=self.durability,
             max_concurrency=self.max_concurrency, retry=self.retry, node_timeout=self.node_timeout,
-            fail_fast=self.fail_fast, redactor=self._redactor,
+            fail_fast=self.fail_fast, redactor=self._redactor, clock=self.clock,
         )
+
+
+@contextlib.asynccontextmanager
+async def _held(
+    live: LiveRuns, manager: WorkflowPersistenceManager | None, plan_id: str
+) -> AsyncIterator[Lease | None]:
+    """Hold the plan's lease, the plan registered for answers meanwhile.
+
+    The registration outlives the lease on the way out: an answer that waited for the lease
+    goes ahead only once the lease is free.
+    """
+    with live.holding(plan_id):
+        async with open_lease(manager, plan_id) as lease:
+            yield lease
 
 
 def check_metadata(metadata: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -410,6 +473,19 @@ def as_vibe(vibe: VibeLike) -> Vibe:
     if isinstance(vibe, Mapping):
         return Vibe(**dict(vibe))
     raise InvalidVibeError([f"expected a Vibe, a str or a mapping, got {type(vibe).__name__}"])
+
+
+def _nothing() -> None:
+    pass
+
+
+def _on_event_loop() -> bool:
+    """Whether this thread is running an event loop (where a blocking call would hang it)."""
+    try:
+        anyio.get_current_task()
+    except Exception:  # no async library running in this thread
+        return False
+    return True
 
 
 def _new_run_id() -> str:

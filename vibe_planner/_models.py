@@ -30,6 +30,7 @@ __all__ = [
     "CheckpointReason",
     "ErrorInfo",
     "ExecutionResult",
+    "InputRequest",
     "NodeResult",
     "NodeStatus",
     "RunStatus",
@@ -117,7 +118,7 @@ def _bounded_json(value: dict[str, Any]) -> dict[str, Any]:
     return value
 
 CheckpointReason = Literal[
-    "planned", "resumed", "interval", "failure", "cancelled", "final", "manual"
+    "planned", "resumed", "interval", "failure", "cancelled", "final", "manual", "waiting", "answered"
 ]
 """Why a checkpoint was written.
 
@@ -128,10 +129,13 @@ CheckpointReason = Literal[
 - ``cancelled``: the run was cancelled (task group cancel, Ctrl-C).
 - ``final``: the run ended (completed or failed).
 - ``manual``: written by `MetaPlanner.create_checkpoint`.
+- ``waiting``: the run ended because nothing else could run before a person answers.
+- ``answered``: an answer to a pending request was recorded (`MetaPlanner.respond`).
 """
 
-RunStatus = Literal["completed", "failed", "cancelled"]
-"""Outcome of a run: every node completed, some node failed, or the run was cancelled."""
+RunStatus = Literal["completed", "failed", "cancelled", "waiting"]
+"""Outcome of a run: every node completed, some node failed, the run was cancelled, or it
+stopped to wait for a person's answer (see `InputRequest`; a failure takes precedence)."""
 
 
 class NodeStatus(StrEnum):
@@ -149,6 +153,8 @@ class NodeStatus(StrEnum):
     """Not run because a dependency failed."""
     CANCELLED = "cancelled"
     """Not finished because the run was cancelled."""
+    WAITING = "waiting"
+    """Asked a person for input (`NodeContext.request_input`); runs again once answered."""
 
 
 def _pydantic_problems(exc: pydantic.ValidationError) -> list[str]:
@@ -400,6 +406,43 @@ class ResultRecord(TypedDict):
     usage: NotRequired[TokenUsage | None]
 
 
+class InputRequest(BaseModel):
+    """A node's question to a person, and once given, the answer (see docs/human-in-the-loop.md).
+
+    Example:
+        >>> request = InputRequest(id="approve:1", node_id="approve", prompt="Publish?",
+        ...                        asked_at="2026-01-01T00:00:00Z")
+        >>> request.status
+        'pending'
+
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    """``<node_id>:<n>`` for the node's n-th question (or ``<node_id>:<key>``); stable across runs."""
+    node_id: str
+    """The node that asked."""
+    prompt: str
+    """What the person is asked."""
+    json_schema: dict[str, JsonValue] = Field(default_factory=dict)
+    """The JSON Schema the answer must match (``{}``: any JSON value)."""
+    asked_at: datetime
+    """When it was first asked (a resumed run asking again keeps it)."""
+    deadline: datetime | None = None
+    """When it expires unanswered, if ever."""
+    has_default: bool = False
+    """Whether the request takes `default` at its deadline (else the node fails)."""
+    default: JsonValue = None
+    """The answer taken at the deadline, if `has_default`."""
+    status: Literal["pending", "answered", "expired"] = "pending"
+    """``pending`` until answered; ``expired`` when its deadline passed first."""
+    answer: JsonValue = None
+    """The answer (or the default an expired request took)."""
+    answered_at: datetime | None = None
+    """When the answer was recorded."""
+
+
 class _CheckpointFields(BaseModel):
     """The fields of a checkpoint document; subclasses say how node results are read."""
 
@@ -426,6 +469,8 @@ class _CheckpointFields(BaseModel):
     node_results: Any
     usage: TokenUsage = Field(default_factory=TokenUsage)
     metadata: dict[str, JsonValue] = Field(default_factory=dict)
+    input_requests: list[InputRequest] = Field(default_factory=list)
+    """Every request the plan's nodes made of a person, pending or answered (absent: none)."""
     checksum: str
     """``sha256:<hex>`` of the canonical JSON of every other field."""
 
@@ -434,6 +479,11 @@ class Checkpoint(_CheckpointFields):
     """A checkpoint document, as stored in ``<checkpoint_dir>/<plan_id>/<checkpoint_id>.json``."""
 
     node_results: dict[str, NodeResult]
+
+    @property
+    def pending_requests(self) -> list[InputRequest]:
+        """The requests still waiting for an answer (what `MetaPlanner.respond` takes)."""
+        return [r for r in self.input_requests if r.status == "pending"]
 
 
 class ResumePoint(_CheckpointFields):
@@ -458,6 +508,8 @@ class CheckpointInfo(BaseModel):
     path: str
     error: str | None = None
     """Why the file could not be read, if it is damaged (the other fields are then partial)."""
+    waiting_for: list[str] = Field(default_factory=list)
+    """Ids of the input requests pending at this checkpoint (see `MetaPlanner.respond`)."""
 
 
 class ExecutionResult(BaseModel):
@@ -483,6 +535,8 @@ class ExecutionResult(BaseModel):
     usage: TokenUsage = Field(default_factory=TokenUsage)
     offline: bool = False
     """True when planning and LLM nodes used the embedded offline defaults."""
+    pending_requests: list[InputRequest] = Field(default_factory=list)
+    """What the run waits for when its status is ``waiting``: answer with `MetaPlanner.respond`."""
 
     @property
     def failed_nodes(self) -> list[str]:

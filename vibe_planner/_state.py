@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,6 +20,7 @@ import pydantic
 
 from ._exceptions import NodeOutputError
 from ._models import (
+    InputRequest,
     NodeResult,
     NodeStatus,
     ResultRecord,
@@ -67,6 +68,11 @@ class Capture:
     full: bool = True
     counts: tuple[int, int] = (0, 0)
     """Completed and failed records, as of the capture."""
+    requests: list[InputRequest] = field(default_factory=list)
+    """Every input request of the run (immutable models), in the order first asked: a base
+    and a delta alike hold them all."""
+    waiting_for: list[str] = field(default_factory=list)
+    """Ids of the requests pending for nodes not completed, as of the capture."""
 
 
 class RunState:
@@ -81,6 +87,8 @@ class RunState:
         self.records: dict[str, Record] = {}
         self.outputs: dict[str, Any] = {}
         self.usage = plan.usage or TokenUsage()
+        # Requests made of a person, by id: models, replaced (never mutated) when answered.
+        self.requests: dict[str, InputRequest] = {}
         # The encoded outputs of completed nodes whose output is a container: each dependent
         # decodes its own copy from them (see `inputs_of`).
         self._encoded: dict[str, bytes] = {}
@@ -97,6 +105,7 @@ class RunState:
     def restored(
         cls, plan: WorkflowPlan, run_id: str, metadata: dict[str, Any], *, usage: TokenUsage,
         results: Iterable[ResultRecord], journal: Iterable[ResultRecord] = (),
+        requests: Iterable[InputRequest] = (),
     ) -> RunState:
         """Return the state of a new run that continues from completed *results*.
 
@@ -108,6 +117,7 @@ class RunState:
             state.restore(result, count_usage=False)
         for record in journal:
             state.restore(record, count_usage=True)
+        state.requests = {request.id: request for request in requests}
         return state
 
     # -- building records -------------------------------------------------------------
@@ -203,14 +213,25 @@ class RunState:
     def capture(self) -> Capture:
         """Take a consistent view for a snapshot; cheap (a shallow copy), runs on the loop."""
         return Capture(dict(self.records), self.usage, dict(self.metadata), len(self._log), True,
-                       (self._completed, self._failed))
+                       (self._completed, self._failed), *self._requests_view())
 
     def capture_changes(self, mark: int) -> Capture:
-        """Take the records stored since the capture whose `Capture.mark` is *mark* (for a delta)."""
+        """Take the records stored since the capture whose `Capture.mark` is *mark* (for a delta).
+
+        The input requests are all taken, changed or not (they are few and small).
+        """
         records = self.records
         changed = {node_id: records[node_id] for node_id in self._log[mark:]}
         return Capture(changed, self.usage, dict(self.metadata), len(self._log), False,
-                       (self._completed, self._failed))
+                       (self._completed, self._failed), *self._requests_view())
+
+    def _requests_view(self) -> tuple[list[InputRequest], list[str]]:
+        """Return every request, and the ids of those pending for nodes not completed."""
+        if not self.requests:
+            return [], []
+        requests = list(self.requests.values())
+        waiting = [r.id for r in requests if r.status == "pending" and not self.is_completed(r.node_id)]
+        return requests, waiting
 
     def encoded_plan(self) -> tuple[orjson.Fragment, orjson.Fragment]:
         """Return the plan and its vibe as encoded JSON, made once (in the writer thread)."""

@@ -387,7 +387,9 @@ def test_a_checkpoint_pruned_between_listing_and_reading_is_not_an_error(
     planner = MetaPlanner(
         planner=StaticPlanner(random_dag(12, 3)),
         handlers={"work": work},
-        persistence_manager=WorkflowPersistenceManager(tmp_path / "run"),
+        # Every snapshot a base: the simulated writer below deletes all but the newest, which
+        # is what keep_last=1 does to bases (a delta's chain it keeps; tests/test_chains.py).
+        persistence_manager=WorkflowPersistenceManager(tmp_path / "run", base_ratio=0),
         checkpoint_interval=4,
         max_concurrency=1,
     )

@@ -262,14 +262,15 @@ ALLOWED_UNDER_LIMIT = 250
 
 
 @pytest.mark.parametrize(
-    ("interval", "limit", "victim"),
+    ("interval", "limit", "victim", "base_ratio"),
     [
-        pytest.param(5, 80_000, "cp-", id="snapshot-too-large"),
-        pytest.param(1000, 48_000, "journal-", id="journal-too-large"),
+        # Every snapshot a whole base, so that they grow with the run (deltas do not).
+        pytest.param(5, 80_000, "cp-", "0", id="snapshot-too-large"),
+        pytest.param(1000, 48_000, "journal-", "3", id="journal-too-large"),
     ],
 )
 def test_file_size_limit_stops_the_run_with_checkpoint_write_error(
-    tmp_path: Path, interval: int, limit: int, victim: str, tally: Tally
+    tmp_path: Path, interval: int, limit: int, victim: str, base_ratio: str, tally: Tally
 ) -> None:
     checkpoint_dir, log, allow = tmp_path / "cp", tmp_path / "effects.log", tmp_path / "allow"
     seed = 31
@@ -280,6 +281,7 @@ def test_file_size_limit_stops_the_run_with_checkpoint_write_error(
             [sys.executable, "-c", LIMITED, str(limit), str(CRASH_WORKER), *args],
             capture_output=True,
             timeout=120,
+            env={**os.environ, "CRASH_WORKER_BASE_RATIO": base_ratio},
         )
     except subprocess.TimeoutExpired:
         pytest.fail("the run went on after a write failed (it waited for more node bodies)")

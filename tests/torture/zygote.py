@@ -34,7 +34,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent.parent))
 
-PRELOADED = ["tests.crash_worker", "tests.torture.keep_worker", "tests.torture.race_worker"]
+PRELOADED = ["tests.crash_worker", "tests.torture.keep_worker", "tests.torture.race_worker",
+             "tests.hitl_worker"]
 for _name in PRELOADED:
     importlib.import_module(_name)
 

@@ -6,10 +6,12 @@ Exit codes (see ``docs/cli.md``):
 0     done (``run``/``resume``: every node completed)
 1     the run ended with failed nodes; or any other error (`PlanningError`, disk errors, ...)
 2     usage: bad arguments, `InvalidVibeError`, `InvalidIdentifierError`,
-      `PlanValidationError`, `CheckpointNotFoundError`, `CheckpointMismatchError`
+      `PlanValidationError`, `CheckpointNotFoundError`, `CheckpointMismatchError`,
+      `InputRequestError` (an answer that cannot be taken: nothing was recorded)
 3     a damaged checkpoint or journal file (`CheckpointCorruptError`, ``checkpoints verify``),
       or an unsafe one (`UnsafeCheckpointFolderError`: another user's, or group/other-writable)
 4     another process is running the plan (`PlanLockedError`)
+5     ``run``/``resume``: the run waits for a person's answer (``respond``/``approve``/``reject``)
 130   interrupted (Ctrl-C); ``run``/``resume`` first write a ``cancelled`` checkpoint
 ====  =========================================================================================
 
@@ -31,6 +33,7 @@ from vibe_planner import (
     CheckpointCorruptError,
     CheckpointMismatchError,
     CheckpointNotFoundError,
+    InputRequestError,
     InvalidIdentifierError,
     InvalidVibeError,
     PlanLockedError,
@@ -39,7 +42,7 @@ from vibe_planner import (
     VibePlannerError,
 )
 
-from . import _checkpoints, _commands, _serve, _workers
+from . import _checkpoints, _commands, _respond, _serve, _workers
 from ._commands import (
     EXIT_CORRUPT,
     EXIT_FAILED,
@@ -54,7 +57,7 @@ __all__ = ["build_parser", "exit_code", "main"]
 
 _USAGE_ERRORS = (
     UsageError, InvalidVibeError, InvalidIdentifierError, PlanValidationError,
-    CheckpointNotFoundError, CheckpointMismatchError,
+    CheckpointNotFoundError, CheckpointMismatchError, InputRequestError,
 )
 
 
@@ -155,6 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     _serve.add_serve_options(serve, run_options=_execution_options)
     serve.set_defaults(handler=_serve.serve_command)
 
+    _respond.add_respond_commands(commands, common)
     _checkpoint_commands(commands.add_parser(
         "checkpoints", parents=[common], help="list, show, delete, prune or verify checkpoints"))
     _workers.add_commands(commands, common)

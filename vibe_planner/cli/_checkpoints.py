@@ -10,11 +10,12 @@ import argparse
 import sys
 
 import anyio
+import orjson
 from rich import box
 from rich.table import Table
 from rich.text import Text
 
-from vibe_planner import Checkpoint, CheckpointInfo
+from vibe_planner import Checkpoint, CheckpointInfo, InputRequest
 
 from ._commands import EXIT_CORRUPT, EXIT_OK, persistence_manager
 from ._render import format_size, format_time, make_console
@@ -93,6 +94,9 @@ def _table(infos: list[CheckpointInfo]) -> Table:
     for column in ("ID", "PLAN", "CREATED", "REASON", "PROGRESS"):
         table.add_column(column, no_wrap=True)
     table.add_column("SIZE", justify="right", no_wrap=True)
+    waiting = any(info.waiting_for for info in infos)
+    if waiting:
+        table.add_column("WAITING FOR", no_wrap=True)
     for info in infos:
         if info.error is not None:
             reason = Text(f"CORRUPT: {info.error}", style="red")
@@ -100,8 +104,11 @@ def _table(infos: list[CheckpointInfo]) -> Table:
         else:
             reason = Text(info.reason or "-")
             progress = f"{info.completed_nodes}/{info.total_nodes}"
-        table.add_row(info.checkpoint_id, info.plan_id, format_time(info.created_at), reason,
-                      progress, format_size(info.size_bytes))
+        cells: list[str | Text] = [info.checkpoint_id, info.plan_id, format_time(info.created_at), reason,
+                 progress, format_size(info.size_bytes)]
+        if waiting:
+            cells.append(", ".join(info.waiting_for) or "-")
+        table.add_row(*cells)
     return table
 
 
@@ -128,13 +135,27 @@ def _details(checkpoint: Checkpoint, path: str) -> Text:
         ("pending", ", ".join(checkpoint.pending_nodes) or "-"),
         *[("failed", _failure(checkpoint, node_id)) for node_id in checkpoint.failed_nodes],
         ("tokens", f"{checkpoint.usage.total_tokens} in {checkpoint.usage.requests} requests"),
+        *[("waiting for", _request(r)) for r in checkpoint.pending_requests],
+        *[(r.status, _request(r)) for r in checkpoint.input_requests if r.status != "pending"],
     ]
     text = Text()
     for key, value in rows:
         text.append(f"{key:<13}", style="bold")
-        text.append(f"{value}\n", style="red" if key == "failed" else "")
+        style = {"failed": "red", "waiting for": "yellow"}.get(key, "")
+        text.append(f"{value}\n", style=style)
     text.rstrip()
     return text
+
+
+def _request(request: InputRequest) -> str:
+    text = f"{request.id}: {_clip(request.prompt)}"
+    if request.status == "pending":
+        schema = orjson.dumps(request.json_schema).decode() if request.json_schema else "any JSON"
+        text += f" (answer: {_clip(schema)}; asked {format_time(request.asked_at)}"
+        if request.deadline is not None:
+            text += f", expires {format_time(request.deadline)}"
+        return text + ")"
+    return text + f" -> {_clip(orjson.dumps(request.answer).decode())} at {format_time(request.answered_at)}"
 
 
 def _failure(checkpoint: Checkpoint, node_id: str) -> str:

@@ -36,9 +36,11 @@ __all__ = [
     "EXIT_LOCKED",
     "EXIT_OK",
     "EXIT_USAGE",
+    "EXIT_WAITING",
     "OFFLINE_DELAY_ENV",
     "UsageError",
     "build_planner",
+    "execute",
     "persistence_manager",
     "plan_command",
     "resume_run_command",
@@ -55,6 +57,8 @@ EXIT_CORRUPT = 3
 """A checkpoint or journal file is damaged (``verify`` found one, or a command needed one)."""
 EXIT_LOCKED = 4
 """Another process is running the plan."""
+EXIT_WAITING = 5
+"""The run stopped to wait for a person's answer (``respond``/``approve``, then ``resume``)."""
 EXIT_INTERRUPTED = 130
 """Interrupted by Ctrl-C (128 + SIGINT), after writing a ``cancelled`` checkpoint."""
 
@@ -142,7 +146,11 @@ def _execute(
         sys.stdout.write(result.model_dump_json() + "\n")
     else:
         print_summary(console, result, args.checkpoint_dir)
-    return {"completed": EXIT_OK, "failed": EXIT_FAILED}.get(result.status, EXIT_INTERRUPTED)
+    return {"completed": EXIT_OK, "failed": EXIT_FAILED, "waiting": EXIT_WAITING}.get(
+        result.status, EXIT_INTERRUPTED)
+
+
+execute = _execute
 
 
 def _report_interrupt(planner: MetaPlanner, plan_id: str, checkpoint_dir: str) -> None:

@@ -28,11 +28,13 @@ from rich.text import Text
 from vibe_planner import (
     CheckpointWritten,
     MetaPlanner,
+    NodeAnswered,
     NodeCompleted,
     NodeFailed,
     NodeRetrying,
     NodeSkipped,
     NodeStarted,
+    NodeWaiting,
     PlanCreated,
     ProgressEvent,
     RunFinished,
@@ -103,8 +105,8 @@ class LiveDisplay:
             self._progress.checkpoint = f"{event.checkpoint_id} ({event.reason})"
         self._progress.update(self._task, total=event.total, completed=event.completed,
                               description=status, running=event.running, failed=event.failed)
-        if isinstance(event, PlanCreated | NodeFailed | NodeRetrying | NodeSkipped):
-            style = "yellow" if isinstance(event, PlanCreated | NodeRetrying) else "red"
+        if isinstance(event, PlanCreated | NodeFailed | NodeRetrying | NodeSkipped | NodeWaiting):
+            style = "red" if isinstance(event, NodeFailed | NodeSkipped) else "yellow"
             self._progress.console.print(Text(describe(event), style=style))
 
 
@@ -129,6 +131,10 @@ def describe(event: ProgressEvent) -> str:
         return f"node {event.node_id} FAILED: {event.error}"
     if isinstance(event, NodeSkipped):
         return f"node {event.node_id} skipped: dependency {event.because_of} failed"
+    if isinstance(event, NodeWaiting):
+        return f"node {event.node_id} waiting for an answer to {event.request_id}: {event.prompt}"
+    if isinstance(event, NodeAnswered):
+        return f"node {event.node_id} answered ({event.request_id}), running again"
     if isinstance(event, CheckpointWritten):
         return (f"checkpoint {event.checkpoint_id} written "
                 f"({event.reason}, {event.completed}/{event.total})")

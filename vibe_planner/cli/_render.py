@@ -97,6 +97,8 @@ def print_summary(console: Console, result: ExecutionResult, checkpoint_dir: str
         console.print(f"tokens: {result.usage.total_tokens} in {result.usage.requests} requests")
     if result.status == "failed":
         _print_failures(console, result, checkpoint_dir)
+    if result.pending_requests:
+        _print_waiting(console, result, checkpoint_dir)
     _print_outputs(console, result)
 
 
@@ -121,6 +123,22 @@ def _print_failures(console: Console, result: ExecutionResult, checkpoint_dir: s
     if skipped:
         console.print(f"skipped (a dependency failed): {', '.join(skipped)}")
     console.print(f"retry the failed nodes with: {resume_command(result.plan_id, checkpoint_dir)}")
+
+
+def _print_waiting(console: Console, result: ExecutionResult, checkpoint_dir: str) -> None:
+    where = "" if checkpoint_dir == DEFAULT_CHECKPOINT_DIR \
+        else f" --checkpoint-dir {shlex.quote(checkpoint_dir)}"
+    console.print(Text("waiting for:", style="bold yellow"))
+    for request in result.pending_requests:
+        deadline = f" (expires {format_time(request.deadline)})" if request.deadline else ""
+        console.print(f"  {request.id}: {request.prompt}{deadline}")
+        if request.json_schema.get("required") == ["approved"]:
+            console.print(f"    answer with: vibe-planner approve {result.plan_id} {request.id}{where}"
+                          f"  (or: reject)")
+        else:
+            console.print(f"    answer with: vibe-planner respond {result.plan_id} {request.id}"
+                          f"{where} --value JSON")
+    console.print(f"then continue with: {resume_command(result.plan_id, checkpoint_dir)}")
 
 
 def _print_outputs(console: Console, result: ExecutionResult) -> None:

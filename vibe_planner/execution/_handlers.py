@@ -1,4 +1,4 @@
-"""Built-in node handlers that need no network: ``noop``, and the offline ``llm`` stand-in.
+"""Built-in node handlers that need no network: ``noop``, ``approval``, the offline ``llm`` stand-in.
 
 The offline ``llm`` handler lives beside the offline planner (`vibe_planner.planning`).
 """
@@ -9,6 +9,7 @@ from typing import Any
 
 from ..planning._offline import offline_llm_handler
 from ._context import Handler, NodeContext
+from ._input import approval_handler
 
 __all__ = ["default_handlers", "noop_handler"]
 
@@ -19,5 +20,5 @@ async def noop_handler(context: NodeContext) -> Any:
 
 
 def default_handlers() -> dict[str, Handler]:
-    """Return the built-in handlers by kind (``llm`` offline, ``noop``)."""
-    return {"llm": offline_llm_handler, "noop": noop_handler}
+    """Return the built-in handlers by kind (``llm`` offline, ``noop``, ``approval``)."""
+    return {"llm": offline_llm_handler, "noop": noop_handler, "approval": approval_handler}

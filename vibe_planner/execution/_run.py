@@ -7,8 +7,11 @@ A run owns its state, its scheduler, its checkpoint writer and its progress even
    any node runs unless the run's journal can stand in for it (see `Run._start`);
 2. the scheduler runs every unfinished node, while the writer journals completions and writes
    a snapshot every ``checkpoint_interval`` of them;
-3. a ``final`` snapshot, or a ``cancelled`` one if the run was cancelled or a handler raised
-   a `BaseException`; then the result.
+3. a ``final`` snapshot (``waiting`` if nodes wait for a person's answer), or a ``cancelled``
+   one if the run was cancelled or a handler raised a `BaseException`; then the result.
+
+While the scheduler runs, `Run.answer` takes answers to the run's input requests (the node is
+queued again at once, and the answer is durable in an ``answered`` snapshot when it returns).
 
 A failure of the writer (a full disk, say) cancels the scheduler and is raised once, as itself.
 """
@@ -18,18 +21,20 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import anyio
 from anyio.streams.memory import MemoryObjectSendStream
 
-from .._events import CheckpointWritten, EventBus, PlanCreated, ProgressEvent, RunFinished
-from .._models import ExecutionResult, RunStatus
+from .._events import CheckpointWritten, EventBus, NodeAnswered, PlanCreated, ProgressEvent, RunFinished
+from .._models import ExecutionResult, InputRequest, RunStatus
 from .._redact import Redactor
-from .._state import RunState
+from .._state import RunState, utcnow
 from ..persistence._manager import WorkflowPersistenceManager
 from ..persistence._recorder import Durability, RunRecorder, open_recorder
 from ._context import Handler, RetryPolicy
+from ._input import InputDesk, pending_requests
 from ._scheduler import Scheduler
 
 __all__ = ["Run", "RunSettings"]
@@ -47,6 +52,8 @@ class RunSettings:
     fail_fast: bool = False
     redactor: Redactor = field(default_factory=Redactor)
     """Takes the API key out of node error messages (a custom handler may quote it)."""
+    clock: Callable[[], datetime] = utcnow
+    """The time input requests are asked and expire by (aware UTC; injectable for tests)."""
 
 
 class Run:
@@ -62,6 +69,8 @@ class Run:
         callback: Progress callback (sync or async), called from a task of its own.
         subscribers: Streams that receive every event.
         offline: Whether the run uses an offline stand-in (said in events and the result).
+        on_accepting: Called with the run when it starts taking answers (`answer`), and with
+            ``None`` when it stops.
 
     """
 
@@ -77,8 +86,10 @@ class Run:
         callback: Callable[[ProgressEvent], Any] | None = None,
         subscribers: Sequence[MemoryObjectSendStream[ProgressEvent]] = (),
         offline: bool = False,
+        on_accepting: Callable[[Run | None], None] | None = None,
     ) -> None:
         self.state = state
+        self._on_accepting = on_accepting
         self.settings = settings
         self.resumed_from = resumed_from
         self._from_latest = from_latest
@@ -88,10 +99,11 @@ class Run:
         self._bus = EventBus(callback, list(subscribers))
         self._emit = self._bus.emit if self._bus.active else None
         self._restored = sum(1 for node_id in state.records if state.is_completed(node_id))
+        self.desk = InputDesk(state, clock=settings.clock, on_answered=self._answered)
         self.scheduler = Scheduler(
             state, handlers, max_concurrency=settings.max_concurrency,
             retry=settings.retry, node_timeout=settings.node_timeout, fail_fast=settings.fail_fast,
-            emit=self._emit, started=self._started, redact=settings.redactor,
+            emit=self._emit, started=self._started, redact=settings.redactor, desk=self.desk,
         )
         self.status: RunStatus = "failed"
         self._recorder: RunRecorder | None = None
@@ -124,6 +136,8 @@ class Run:
             resumed_from=self.resumed_from if self._from_latest else None,
         ) as recorder:
             self._recorder = recorder
+            if self._on_accepting is not None:
+                self._on_accepting(self)
             try:
                 self.status = await self._drive(recorder)
             except Exception:
@@ -136,7 +150,11 @@ class Run:
         await self._start(recorder)
         try:
             with recorder.cancelled_on_failure():
-                status = await self.scheduler.run(recorder)
+                try:
+                    status = await self.scheduler.run(recorder)
+                finally:
+                    if self._on_accepting is not None:
+                        self._on_accepting(None)
             recorder.raise_failure()  # a failed write cancelled the scheduler
         except BaseException:
             # Cancelled, a handler's BaseException, or the writer failed: the run stops here,
@@ -146,7 +164,7 @@ class Run:
                     self.scheduler.mark_cancelled()
                     await recorder.checkpoint("cancelled")
             raise
-        await recorder.checkpoint("final")
+        await recorder.checkpoint("waiting" if self.scheduler.suspended else "final")
         return status
 
     async def _start(self, recorder: RunRecorder) -> None:
@@ -163,6 +181,28 @@ class Run:
             # a crash would resume from the latest, whose branch this run's journal is not on.
             await recorder.checkpoint("resumed")
 
+    @property
+    def accepting_answers(self) -> bool:
+        """Whether `answer` can take an answer now (the scheduler has not ended)."""
+        return self._recorder is not None and not self.scheduler.over and self.status != "cancelled"
+
+    async def answer(self, request_id: str, value: Any) -> InputRequest:
+        """Take an answer to one of this run's requests; return once it is durable.
+
+        The waiting node is queued again at once (its handler runs from the top and gets the
+        answer); the answer is in an ``answered`` snapshot when this returns. Raises the
+        `InputRequestError` saying why the answer cannot be taken (nothing is then changed).
+        """
+        assert self._recorder is not None, "answer() before the run started: check accepting_answers"
+        request = self.desk.answer(self.state.plan.plan_id, request_id, value)
+        self.scheduler.wake(request.node_id)
+        await self._recorder.checkpoint("answered")
+        return request
+
+    def _answered(self, node_id: str, request_id: str) -> None:
+        if self._emit is not None:
+            self._emit(self.scheduler.event(NodeAnswered, node_id=node_id, request_id=request_id))
+
     def _checkpoint_written(self, checkpoint_id: str, reason: str) -> None:
         if self._emit is not None:
             self._emit(self.scheduler.event(CheckpointWritten, checkpoint_id=checkpoint_id, reason=reason))
@@ -177,7 +217,8 @@ class Run:
             resumed_from=self.resumed_from, checkpoints_written=written,
             nodes_run=self.scheduler.nodes_run, nodes_restored=self._restored,
             duration_seconds=time.monotonic() - self._started, usage=state.usage,
-            offline=self._offline,
+            offline=self._offline, pending_requests=pending_requests(
+                state.requests, {k for k in state.records if state.is_completed(k)}),
         )
 
 

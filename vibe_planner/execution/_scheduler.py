@@ -33,6 +33,7 @@ from .._events import (
     NodeRetrying,
     NodeSkipped,
     NodeStarted,
+    NodeWaiting,
     ProgressEvent,
 )
 from .._exceptions import PlanValidationError, StrayCancellationError
@@ -40,6 +41,7 @@ from .._models import CheckpointReason, NodeStatus, RunStatus, WorkflowNode
 from .._redact import Redactor
 from .._state import Record, RunState, utcnow
 from ._context import Handler, NodeContext, RetryPolicy
+from ._input import InputDesk, InputPending, pending_signal
 
 __all__ = ["Recorder", "Scheduler"]
 
@@ -81,6 +83,7 @@ class Scheduler:
         emit: Emit | None = None,
         started: float | None = None,
         redact: Callable[[str], str] | None = None,
+        desk: InputDesk | None = None,
     ) -> None:
         self._state = state
         self._handlers = handlers
@@ -109,6 +112,9 @@ class Scheduler:
         self.failed = 0
         self.completed = sum(1 for r in state.records.values() if r["status"] == "completed")
         self.nodes_run = 0
+        self._desk = desk
+        self.suspended: dict[str, str] = {}
+        """Nodes waiting for a person's answer: node id → request id."""
         check_handlers(state.plan.nodes, handlers)
 
     async def run(self, recorder: Recorder) -> RunStatus:
@@ -118,11 +124,30 @@ class Scheduler:
         if self._waiting:
             async with anyio.create_task_group() as tg:
                 self._tg = tg
+                if self._desk is not None:
+                    tg.start_soon(self._desk.watch_deadlines, self.suspended, self.wake,
+                                  name="vibe_planner input deadlines")
                 await self._grow_pool()
             self.mark_cancelled()  # nodes stopped by fail_fast
         # Completed means every node is: counted, not inferred from the absence of failures
         # (a node whose worker was stopped without a record is not a success).
-        return "completed" if self.completed == len(self._nodes) and not self.failed else "failed"
+        if self.completed == len(self._nodes) and not self.failed:
+            return "completed"
+        return "waiting" if self.suspended and not self.failed else "failed"
+
+    @property
+    def over(self) -> bool:
+        """Whether no node can start any more (a woken node would find no worker)."""
+        return self._over
+
+    def wake(self, node_id: str) -> bool:
+        """Queue a waiting node again (its answer came); return whether the run was still live."""
+        if self._over or self._tg is None or node_id not in self.suspended:
+            return False
+        del self.suspended[node_id]
+        self._ready.append(node_id)
+        self._call_workers()
+        return True
 
     def mark_cancelled(self) -> None:
         """Record nodes that were running when the run was cancelled as ``cancelled``."""
@@ -205,6 +230,8 @@ class Scheduler:
             elif not self._in_flight:
                 # Nothing ready and nothing running: no node can become ready any more.
                 self._over = True
+                if self._desk is not None:
+                    self._desk.stop_watching()
                 if self._short is not None:
                     self._short.set()
                 self._called += len(self._idle)
@@ -222,6 +249,10 @@ class Scheduler:
         record = await self._attempts(node, started_at)
         del self._in_flight[node_id]
         self.nodes_run += 1
+        if record["status"] == "waiting":
+            if self._emit is not None:
+                self._emit(self._waiting_event(node_id))
+            return
         self._recorder.node_finished(record)
         if record["status"] == "completed":
             self.completed += 1
@@ -253,12 +284,20 @@ class Scheduler:
             # Each attempt gets its own copy of its inputs: a handler that changes them changes
             # nobody else's (nor its own next attempt's), as after a resume.
             inputs = state.inputs_of(node.depends_on)
-            context = NodeContext(node, inputs, self._vibe, self._plan_id, state.run_id, attempt, key)
+            context = NodeContext(node, inputs, self._vibe, self._plan_id, state.run_id, attempt, key,
+                                  desk=self._desk)
             if self._emit is not None:
                 self._emit(self.event(NodeStarted, node_id=node.id, attempt=attempt))
             exc = await self._attempt(node, context, started_at)
             if isinstance(exc, dict):
                 return exc
+            if isinstance(exc, InputPending):
+                # Not a failure: the node waits for its answer and runs again once it comes.
+                self.suspended[node.id] = exc.request_id
+                if self._desk is not None:
+                    self._desk.suspended_changed()
+                return state.finish_unsuccessfully(node.id, NodeStatus.WAITING, attempts=attempt,
+                                                   started_at=started_at, usage=context.usage)
             retryable = _retryable(exc) and attempt < attempts
             if not retryable:
                 return self._failed(node, exc, attempt, started_at, context)
@@ -271,8 +310,8 @@ class Scheduler:
 
     async def _attempt(
         self, node: WorkflowNode, context: NodeContext, started_at: datetime
-    ) -> Record | Exception:
-        """Run one attempt; return the completed record, or the exception that failed it."""
+    ) -> Record | Exception | InputPending:
+        """Run one attempt; return the completed record, the exception that failed it, or the pause."""
         timeout = node.timeout or self._timeout
         handler = self._handlers[node.kind]
         try:
@@ -286,6 +325,11 @@ class Scheduler:
             )
         except Exception as exc:
             return exc
+        except (InputPending, BaseExceptionGroup) as exc:
+            signal = pending_signal(exc)
+            if signal is None:
+                raise
+            return signal
         except anyio.get_cancelled_exc_class():
             if _run_cancelled():
                 raise
@@ -334,6 +378,11 @@ class Scheduler:
             if self._emit is not None:
                 self._emit(self.event(NodeSkipped, node_id=child, because_of=node_id))
             stack.extend(self._dependents[child])
+
+    def _waiting_event(self, node_id: str) -> ProgressEvent:
+        request = self._state.requests[self.suspended[node_id]]
+        return self.event(NodeWaiting, node_id=node_id, request_id=request.id, prompt=request.prompt,
+                          deadline=request.deadline)
 
     def event(self, cls: type[ProgressEvent], **fields: Any) -> ProgressEvent:
         """Build an event of *cls* stamped with the run's current counts and elapsed time."""

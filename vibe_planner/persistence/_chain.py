@@ -25,6 +25,7 @@ from .._models import (
     SCHEMA_VERSION,
     Checkpoint,
     CheckpointReason,
+    InputRequest,
     NodeResult,
     NodeStatus,
     ResultRecord,
@@ -121,7 +122,7 @@ def delta_fields(
     journaled = set(journal["nodes"]) if journal else ()
     results = {k: v for k, v in capture.records.items() if k not in journaled}
     completed, failed = capture.counts
-    return {
+    fields: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION, "kind": "delta", "checkpoint_id": checkpoint_id,
         "sequence": sequence, "plan_id": plan_id, "run_id": run_id, "created_at": utcnow(),
         "reason": reason, "base": parent.base, "parent": parent.checkpoint_id,
@@ -129,6 +130,13 @@ def delta_fields(
         "counts": {"completed": completed, "failed": failed, "total": total},
         "usage": capture.usage.model_dump(), "metadata": capture.metadata,
     }
+    # Every input request as of this delta, changed or not (absent: none), and which are
+    # pending (a delta has no completed-node list to tell them by): see docs/checkpoints.md.
+    if capture.requests:
+        fields["input_requests"] = [r.model_dump(mode="json") for r in capture.requests]
+    if capture.waiting_for:
+        fields["waiting_for"] = capture.waiting_for
+    return fields
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,6 +213,8 @@ class _DeltaHeader(pydantic.BaseModel):
     reason: CheckpointReason
     usage: TokenUsage
     metadata: dict[str, pydantic.JsonValue]
+    input_requests: list[InputRequest] = pydantic.Field(default_factory=list)
+    """The plan's requests as of the delta: all of them (earlier documents' are superseded)."""
     checksum: str
 
 

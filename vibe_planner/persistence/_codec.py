@@ -93,7 +93,7 @@ def checkpoint_fields(
         else:
             pending.append(node_id)
     plan_json, vibe_json = state.encoded_plan()
-    return {
+    fields: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "kind": "base",
         "checkpoint_id": checkpoint_id,
@@ -111,6 +111,9 @@ def checkpoint_fields(
         "usage": capture.usage.model_dump(),
         "metadata": capture.metadata,
     }
+    if capture.requests:  # absent when there are none: such documents read as before
+        fields["input_requests"] = [r.model_dump(mode="json") for r in capture.requests]
+    return fields
 
 
 def encode_checkpoint(fields: dict[str, Any]) -> bytes:
@@ -255,9 +258,26 @@ def peek_summary(raw: bytes, path: Path) -> dict[str, Any]:
             "reason": str(data["reason"]),
             "completed_nodes": int(counts["completed"]),
             "total_nodes": int(counts["total"]),
+            "waiting_for": _waiting_for(data, delta=delta),
         }
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointCorruptError(path, f"missing or malformed field {exc}") from None
+
+
+def _waiting_for(data: dict[str, Any], *, delta: bool) -> list[str]:
+    """Return the ids of a document's pending input requests (of nodes not completed).
+
+    A base lists its completed nodes; a delta does not (they are its chain's), so it records
+    the ids itself, in ``waiting_for``.
+    """
+    if delta:
+        waiting = data.get("waiting_for", [])
+        if not isinstance(waiting, list) or not all(isinstance(i, str) for i in waiting):
+            raise TypeError("'waiting_for'")
+        return waiting
+    completed = set(data["completed_nodes"])
+    return [str(r["id"]) for r in data.get("input_requests", ())
+            if r.get("status") == "pending" and r.get("node_id") not in completed]
 
 
 def parse_verified(raw: bytes, path: Path, *, verified: bool) -> dict[str, Any]:

@@ -142,11 +142,8 @@ class WorkflowPersistenceManager:
         consulted: falling back silently would resume from the wrong place).
         """
         check_plan_id(plan_id)
-        found: Latest[Checkpoint | Link, Any] | None = await self.store.read_latest(
-            plan_id, self._parser(plan_id, Checkpoint))
-        if found is None:
-            return None
-        return await self._whole(Checkpoint, plan_id, found.checkpoint)
+        found = await self._latest(Checkpoint, plan_id, with_journals=False)
+        return None if found is None else found[0]
 
     async def restore(
         self, plan_id: str, checkpoint_id: str | None = None
@@ -396,13 +393,35 @@ class WorkflowPersistenceManager:
         if checkpoint_id is not None:
             check_checkpoint_id(checkpoint_id)
             return Restored(await self._read(plan_id, checkpoint_id, model), [], None)
-        # One call: the newest snapshot and every journal, decoded off the loop.
-        found = await self.store.read_latest(plan_id, self._parser(plan_id, model), decode_journal_item)
+        found = await self._latest(model, plan_id, with_journals=True)
         if found is None:
             return None
-        checkpoint = await self._whole(model, plan_id, found.checkpoint, found.journals)
-        records, problem = journal_after(self.store, checkpoint, found.journals)
+        checkpoint, journals = found
+        records, problem = journal_after(self.store, checkpoint, journals)
         return Restored(checkpoint, records, problem)
+
+    async def _latest(
+        self, model: type[Document], plan_id: str, *, with_journals: bool
+    ) -> tuple[Document, list[Stored[JournalRead]]] | None:
+        """Return the newest checkpoint, whole, and (if asked) every journal of the plan.
+
+        One store call reads the newest snapshot and the journals, decoded off the loop; a
+        delta's chain takes two more. If the chain is pruned meanwhile (a newer base was
+        written and ``keep_last`` deleted the old chain), the newest is read again; damage is
+        raised, never read around.
+        """
+        for _ in range(10):
+            found: Latest[Document | Link, JournalRead] | None = await self.store.read_latest(
+                plan_id, self._parser(plan_id, model), decode_journal_item if with_journals else None)
+            if found is None:
+                return None
+            journals = found.journals if with_journals else None  # None: not read yet
+            try:
+                return await self._whole(model, plan_id, found.checkpoint, journals), found.journals
+            except CheckpointCorruptError:
+                if found.checkpoint_id in await self.store.checkpoint_ids(plan_id):
+                    raise
+        raise CheckpointError(f"checkpoints of plan {plan_id!r} keep vanishing while being read")
 
 
 def _bind(

@@ -130,7 +130,8 @@ async def summaries(store: CheckpointStore, run_of: RunIds, plan_id: str) -> lis
         run_of[item.name] = summary["run_id"]
         infos.append(CheckpointInfo(**base, created_at=summary["created_at"], reason=summary["reason"],
                                     completed_nodes=summary["completed_nodes"],
-                                    total_nodes=summary["total_nodes"]))
+                                    total_nodes=summary["total_nodes"],
+                                    waiting_for=summary["waiting_for"]))
     return infos
 
 

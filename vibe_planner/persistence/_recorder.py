@@ -48,7 +48,8 @@ Durability = Literal["journal", "interval", "none"]
 """
 
 _PRIORITY: dict[str, int] = {
-    "interval": 0, "manual": 1, "planned": 2, "resumed": 2, "failure": 3, "final": 4, "cancelled": 5,
+    "interval": 0, "manual": 1, "planned": 2, "resumed": 2, "answered": 2, "failure": 3, "final": 4,
+    "waiting": 4, "cancelled": 5,
 }
 
 

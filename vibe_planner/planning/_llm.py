@@ -34,7 +34,13 @@ Rules:
 - "kind": one of {kinds}. Use "llm" unless a step clearly needs one of the others.
 - "instructions": what the step must produce, self-contained.
 - "depends_on": ids of earlier steps whose results this step needs; no cycles.
-- At most {max_nodes} steps; usually 4 to 15. End with one step that produces the deliverable."""
+- At most {max_nodes} steps; usually 4 to 15. End with one step that produces the deliverable.{extra}"""
+
+_APPROVAL_RULE = """
+- "approval" steps wait for a person: use one only where the request or a constraint asks for a
+  human review or sign-off ("must be approved by legal", "review before publishing"), placed after
+  the steps producing what must be approved and before the steps that may only run once it is
+  (publishing, sending). Its "instructions" are the question put to the reviewer."""
 
 
 class _NodeReply(pydantic.BaseModel):
@@ -142,7 +148,9 @@ class LLMPlanner:
 
     def _system_prompt(self) -> str:
         schema = orjson.dumps(plan_reply_schema()).decode()
-        return _SYSTEM.format(schema=schema, kinds=self.kinds, max_nodes=self.config.max_plan_nodes)
+        extra = _APPROVAL_RULE if "approval" in self.kinds else ""
+        return _SYSTEM.format(schema=schema, kinds=self.kinds, max_nodes=self.config.max_plan_nodes,
+                              extra=extra)
 
     def _response_format(self) -> dict[str, Any] | None:
         if self._mode in ("auto", "json_schema"):
