@@ -87,3 +87,21 @@ def test_the_page_asks_for_the_token_and_cancels_a_running_plan(
         page.click("#cancel-button")
         page.wait_for_selector("#plan-status.cancelled")
         page.wait_for_selector("#checkpoints tbody tr:has-text('cancelled')")
+
+
+def test_a_pending_request_is_approved_from_the_page(browser: BrowserContext, tmp_path: Path) -> None:
+    with ServerProcess(tmp_path) as server:
+        page = open_dashboard(browser, server)
+        page.fill("#vibe", "a press release for the new roastery")
+        page.fill("#constraints", "must be approved by legal")
+        page.click("#submit-form button")
+        page.wait_for_selector("#plan-status.waiting")
+        page.wait_for_selector("#requests:not([hidden]) form.request[data-request-id]")
+        assert page.locator("#nodes tbody tr[data-node-id=approval][data-status=waiting]").count() == 1
+        page.fill("#requests input[name=comment]", "fine by legal")
+        page.click("#requests button.approve")
+        page.wait_for_selector("#plan-status.completed")
+        assert page.locator("#requests").is_hidden()
+        page.wait_for_function(
+            "Object.values(window.vibePlanner.nodes).every(n => n.status === 'completed')")
+        assert page.problems == []  # type: ignore[attr-defined]

@@ -17,10 +17,15 @@ from vibe_planner import (
     CheckpointCorruptError,
     CheckpointMismatchError,
     CheckpointNotFoundError,
+    InvalidAnswerError,
     InvalidIdentifierError,
     PlanLockedError,
+    PlanNotWaitingError,
     PlanStateError,
+    RequestAlreadyAnsweredError,
+    RequestExpiredError,
     ServerStoppingError,
+    UnknownRequestError,
     UnsafeCheckpointFolderError,
     VibePlannerError,
 )
@@ -36,10 +41,12 @@ STATIC = Path(__file__).parent / "static"
 
 _STATUS: list[tuple[tuple[type[Exception], ...], int]] = [
     ((NotAuthenticatedError,), 401),
-    ((CheckpointNotFoundError,), 404),
+    ((CheckpointNotFoundError, UnknownRequestError), 404),
     ((InvalidIdentifierError,), 400),
     ((CheckpointMismatchError, PlanStateError, PlanLockedError), 409),
     ((CheckpointCorruptError, UnsafeCheckpointFolderError), 409),
+    ((RequestAlreadyAnsweredError, RequestExpiredError, PlanNotWaitingError), 409),
+    ((InvalidAnswerError,), 422),
     ((ServerStoppingError,), 503),
     ((VibePlannerError,), 422),  # a malformed vibe, metadata or plan
 ]

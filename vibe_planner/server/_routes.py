@@ -14,6 +14,8 @@ from vibe_planner import Checkpoint, CheckpointInfo, Vibe
 
 from ._events import EventLog
 from ._schemas import (
+    AnswerReport,
+    AnswerRequest,
     CheckpointSummary,
     ErrorBody,
     PlanDetail,
@@ -84,6 +86,13 @@ def _plan_routes(router: APIRouter, service: PlanService) -> None:
     async def resume_plan(plan_id: PlanId) -> SubmitResponse:
         """Resume a plan from its newest checkpoint, in the background."""
         return _accepted(await service.resume(plan_id))
+
+    @router.post("/plans/{plan_id}/responses", response_model=AnswerReport, tags=["plans"])
+    async def answer(plan_id: PlanId, body: AnswerRequest) -> AnswerReport:
+        """Answer a pending request (validated against its schema, recorded durably); the plan goes on."""
+        request = await service.respond(plan_id, body.request_id, body.value)
+        return AnswerReport(plan_id=plan_id, request_id=request.id, status=request.status,
+                            events=f"/v1/plans/{plan_id}/events")
 
     @router.delete("/plans/{plan_id}", status_code=204, response_class=Response, tags=["plans"])
     async def delete_plan(plan_id: PlanId) -> Response:

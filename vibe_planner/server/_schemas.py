@@ -8,12 +8,15 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
 __all__ = [
+    "AnswerReport",
+    "AnswerRequest",
     "CheckpointSummary",
     "DagNode",
     "ErrorBody",
     "ErrorDetail",
     "PlanDetail",
     "PlanList",
+    "PendingRequest",
     "PlanSummary",
     "Progress",
     "PruneReport",
@@ -114,6 +117,36 @@ class DagNode(BaseModel):
     status: str
 
 
+class PendingRequest(BaseModel):
+    """A node's question to a person, waiting for an answer (``POST .../responses``)."""
+
+    id: str
+    node_id: str
+    prompt: str
+    json_schema: dict[str, Any] | None = None
+    """What the answer must match (``None`` while the run that asked is still going on)."""
+    asked_at: datetime | None = None
+    deadline: datetime | None = None
+
+
+class AnswerRequest(_Body):
+    """``POST /v1/plans/{plan_id}/responses``: the answer to one pending request."""
+
+    request_id: str = Field(max_length=200)
+    value: JsonValue
+    """The answer, as JSON; an approval takes ``{"approved": true|false, "comment": "..."}``."""
+
+
+class AnswerReport(BaseModel):
+    """The answer is recorded; the plan goes on (``events`` streams what happens next)."""
+
+    plan_id: str
+    request_id: str
+    status: str
+    """The request's status: ``answered``."""
+    events: str
+
+
 class CheckpointRef(BaseModel):
     """The newest checkpoint of a plan."""
 
@@ -137,6 +170,8 @@ class PlanDetail(BaseModel):
     last_event_id: str | None
     """Pass it as ``Last-Event-ID`` to stream only what comes after this view."""
     latest_checkpoint: CheckpointRef | None
+    pending_requests: list[PendingRequest] = Field(default_factory=list)
+    """What the plan waits for a person to answer."""
 
 
 class CheckpointSummary(BaseModel):

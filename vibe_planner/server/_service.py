@@ -27,13 +27,16 @@ from vibe_planner import (
     CheckpointNotFoundError,
     CheckpointWritten,
     ExecutionResult,
+    InputRequest,
     InvalidMetadataError,
     MetaPlanner,
+    NodeAnswered,
     NodeCompleted,
     NodeFailed,
     NodeRetrying,
     NodeSkipped,
     NodeStarted,
+    NodeWaiting,
     PlanStateError,
     ProgressEvent,
     ServerStoppingError,
@@ -49,7 +52,7 @@ __all__ = ["PlanService"]
 logger = logging.getLogger("vibe_planner.server")
 
 _NODE_STATUS = {NodeStarted: "running", NodeRetrying: "retrying", NodeCompleted: "completed",
-                NodeFailed: "failed", NodeSkipped: "skipped"}
+                NodeFailed: "failed", NodeSkipped: "skipped", NodeWaiting: "waiting"}
 _FINAL = {"completed", "failed", "skipped"}
 
 
@@ -201,6 +204,27 @@ class PlanService:
         await live.finished.wait()
         return live
 
+    async def respond(self, plan_id: str, request_id: str, value: Any) -> InputRequest:
+        """Record a person's answer to a plan's pending request, and let the plan go on.
+
+        A run still going on in this service takes the answer at once; a plan that ended
+        ``waiting`` is resumed here, in the background.
+
+        Raises:
+            InvalidAnswerError: *value* does not match the request's schema.
+            UnknownRequestError: The plan has no such request.
+            RequestAlreadyAnsweredError: The request has an answer already.
+            RequestExpiredError: The request's deadline passed.
+            PlanNotWaitingError: The plan waits for nothing.
+
+        """
+        await self.manager.has_checkpoints(plan_id)  # validates the id
+        request = await self.planner.arespond(plan_id, request_id, value)
+        live = self._live.get(plan_id)
+        if (live is None or not live.active) and self._accepting:
+            await self.resume(plan_id)  # the answer is durable: the run goes on from it
+        return request
+
     async def delete(self, plan_id: str) -> None:
         """Forget a plan and delete its checkpoints (refused while it runs)."""
         exists = await self.manager.has_checkpoints(plan_id)
@@ -310,6 +334,11 @@ class PlanService:
             live.nodes[node_id] = status
         if isinstance(event, CheckpointWritten):
             live.checkpoints.append(event.checkpoint_id)
+        elif isinstance(event, NodeWaiting):
+            live.pending[event.request_id] = {"id": event.request_id, "node_id": event.node_id,
+                                              "prompt": event.prompt, "deadline": event.deadline}
+        elif isinstance(event, NodeAnswered):
+            live.pending.pop(event.request_id, None)
         live.log.append(event_record(event))
 
     async def _wait_caught_up(self) -> None:

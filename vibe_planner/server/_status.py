@@ -8,6 +8,7 @@ running        planning or running now, in this service
 completed      every node completed
 failed         the run ended with failed nodes, or could not start (the error says why)
 cancelled      cancelled (``POST /v1/plans/{id}/cancel``, or the server stopped)
+waiting        waiting for a person's answer (human-in-the-loop)
 interrupted    its newest checkpoint is of a run that did not end (its process died): resume it
 corrupt        its newest checkpoint cannot be read
 =============  ==================================================================================
@@ -52,6 +53,8 @@ class LivePlan:
         self.finished_at: datetime | None = None
         self.plan: WorkflowPlan | None = None
         """The DAG, once read from a checkpoint (cached: a run's DAG does not change)."""
+        self.pending: dict[str, dict[str, Any]] = {}
+        """Requests for a person's input this run made and that are not answered yet (events)."""
         self.restored: set[str] = set()
         """Nodes completed before this run started (from the checkpoint it resumed)."""
 
@@ -72,6 +75,7 @@ class LivePlan:
         self.usage = result.usage.model_dump()
         self.nodes = {node_id: str(r.status) for node_id, r in result.node_results.items()}
         self.plan = result.plan
+        self.pending = {r.id: r.model_dump(mode="json") for r in result.pending_requests}
         counts = [str(r.status) for r in result.node_results.values()]
         self.progress = {"total": len(result.plan.nodes), "completed": counts.count("completed"),
                          "running": 0, "failed": counts.count("failed")}
@@ -98,7 +102,7 @@ def checkpoint_status(reason: str | None, completed: int, total: int, error: str
         return "corrupt"
     if reason == "final":
         return "completed" if completed == total else "failed"
-    if reason == "cancelled":
+    if reason in ("cancelled", "waiting"):
         return reason
     return "interrupted"
 

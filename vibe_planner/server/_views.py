@@ -6,7 +6,7 @@ from typing import Any
 
 from vibe_planner import Checkpoint, CheckpointCorruptError, CheckpointInfo, CheckpointNotFoundError
 
-from ._schemas import CheckpointRef, DagNode, ErrorDetail, PlanDetail, PlanSummary, Progress
+from ._schemas import CheckpointRef, DagNode, ErrorDetail, PendingRequest, PlanDetail, PlanSummary, Progress
 from ._service import PlanService
 from ._status import LivePlan, checkpoint_status
 
@@ -43,6 +43,7 @@ async def plan_detail(service: PlanService, plan_id: str) -> PlanDetail:
                           failed=len(checkpoint.failed_nodes)),
         nodes=_dag(checkpoint, statuses), usage=checkpoint.usage.model_dump(), error=None,
         last_event_id=None, latest_checkpoint=_ref(checkpoint),
+        pending_requests=[PendingRequest(**r.model_dump()) for r in checkpoint.pending_requests],
     )
 
 
@@ -69,6 +70,7 @@ async def _live_detail(service: PlanService, live: LivePlan, stored: bool) -> Pl
         progress=Progress(**live.progress), nodes=nodes, usage=live.usage,
         error=ErrorDetail(**live.error) if live.error else None, last_event_id=last_event_id,
         latest_checkpoint=_ref(latest) if latest is not None else None,
+        pending_requests=[PendingRequest(**r) for r in live.pending.values()],
     )
 
 

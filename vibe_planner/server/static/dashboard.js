@@ -5,12 +5,12 @@
 
 const COLOURS = {
   pending: "#c9c6bf", queued: "#c9c6bf", running: "#2f7df6", retrying: "#e8a33d",
-  completed: "#2e9e5b", failed: "#d64541", skipped: "#8d8a84",
+  waiting: "#9b59d0", completed: "#2e9e5b", failed: "#d64541", skipped: "#8d8a84",
   cancelled: "#55534f",
 };
 const NODE_STATUS = {
   node_started: "running", node_retrying: "retrying", node_completed: "completed",
-  node_failed: "failed", node_skipped: "skipped",
+  node_failed: "failed", node_skipped: "skipped", waiting: "waiting",
 };
 const FINAL = new Set(["completed", "failed", "skipped"]);
 
@@ -111,6 +111,7 @@ async function refreshDetail() {
   showStatus(detail.status);
   $("plan-vibe").textContent = detail.vibe.description || "";
   if (detail.nodes) drawGraph(detail.nodes);
+  showRequests(detail.pending_requests || []);
   await refreshCheckpoints();
   return detail;
 }
@@ -200,6 +201,7 @@ async function refreshCheckpoints() {
 async function follow(planId, lastEventId) {
   const controller = new AbortController();
   state.stream = controller;
+  state.ended = false;
   state.lastEventId = lastEventId;
   while (!controller.signal.aborted) {
     let ended = false;
@@ -229,7 +231,7 @@ async function follow(planId, lastEventId) {
     } catch (error) {
       if (controller.signal.aborted) return;
     }
-    if (ended) return;  // the stream ends with the run
+    if (ended) { state.ended = true; return; }  // the stream ends with the run
     await new Promise((resolve) => setTimeout(resolve, 1000));  // reconnect, missing nothing
   }
 }
@@ -256,7 +258,7 @@ async function onEvent(event) {
   const status = NODE_STATUS[event.event];
   if (status && data.node_id) setNodeStatus(data.node_id, status);
   if ("total" in data && data.total) showStatus(`running`);
-  if (event.event === "checkpoint_written" || event.event === "plan_ended" || event.event === "plan_status") {
+  if (["checkpoint_written", "plan_ended", "plan_status", "waiting", "answered"].includes(event.event)) {
     await refreshDetail();
     refreshPlans();
   }
@@ -274,6 +276,49 @@ async function act(action) {
 }
 $("cancel-button").addEventListener("click", () => act("cancel"));
 $("resume-button").addEventListener("click", () => act("resume"));
+
+// A pending request: an approval gets Approve / Reject (and a comment); any other question a
+// JSON answer, checked by the server against the request's schema.
+function showRequests(requests) {
+  $("requests").hidden = requests.length === 0;
+  $("request-list").replaceChildren(...requests.map((request) => {
+    const node = state.nodes[request.node_id];
+    const schema = request.json_schema || {};
+    const approval = (schema.properties && schema.properties.approved) || (node && node.kind === "approval");
+    const box = el("form", { className: "request" },
+      el("div", {}, el("strong", { textContent: request.node_id }), " asks: ", request.prompt),
+      el("div", { className: "muted mono", textContent: request.id }));
+    box.dataset.requestId = request.id;
+    const error = el("span", { className: "error" });
+    const send = async (value) => {
+      error.textContent = "";
+      try {
+        await api("POST", `/v1/plans/${encodeURIComponent(state.plan)}/responses`,
+                  { request_id: request.id, value });
+        if (!state.stream || state.stream.signal.aborted || state.ended) follow(state.plan, state.lastEventId);
+        await refreshDetail();
+      } catch (problem) { error.textContent = problem.message; }
+    };
+    if (approval) {
+      const comment = el("input", { placeholder: "comment (optional)", name: "comment" });
+      const answer = (approved) => (comment.value.trim() ? { approved, comment: comment.value.trim() } : { approved });
+      box.append(comment,
+        el("button", { type: "button", className: "approve", textContent: "Approve", onclick: () => send(answer(true)) }),
+        " ",
+        el("button", { type: "button", className: "reject", textContent: "Reject", onclick: () => send(answer(false)) }));
+    } else {
+      const text = el("textarea", { rows: 2, placeholder: "the answer, as JSON", name: "value" });
+      box.append(text, el("button", { type: "button", textContent: "Send", onclick: () => {
+        let value;
+        try { value = JSON.parse(text.value); } catch (problem) { error.textContent = "not JSON: " + problem.message; return; }
+        send(value);
+      } }));
+    }
+    box.append(error);
+    box.addEventListener("submit", (event) => event.preventDefault());
+    return box;
+  }));
+}
 
 // -- start ----------------------------------------------------------------------------------
 async function start() {
