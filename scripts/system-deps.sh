@@ -11,6 +11,8 @@ set -euo pipefail
 
 NEEDED=(
     "/usr/lib/postgresql/*/bin/initdb:postgresql"
+    # The dashboard's browser test (tests/test_dashboard.py) drives Debian's headless Chromium.
+    "chromium:chromium"
 )
 
 found() {

@@ -509,4 +509,4 @@ def test_docs_synopses_match_the_help(capsys: pytest.CaptureFixture[str]) -> Non
         for option in re.findall(r"--[a-z-]+", line):
             assert option in helps[command], (line, option)
     assert helps[("checkpoints", "prune")].startswith("usage: vibe-planner checkpoints prune")
-    assert len(helps) == 14
+    assert len(helps) == 15

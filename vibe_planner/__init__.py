@@ -28,9 +28,11 @@ from ._exceptions import NodeOutputError as NodeOutputError
 from ._exceptions import PlanLockedError as PlanLockedError
 from ._exceptions import PlanningError as PlanningError
 from ._exceptions import PlanNotWaitingError as PlanNotWaitingError
+from ._exceptions import PlanStateError as PlanStateError
 from ._exceptions import PlanValidationError as PlanValidationError
 from ._exceptions import RequestAlreadyAnsweredError as RequestAlreadyAnsweredError
 from ._exceptions import RequestExpiredError as RequestExpiredError
+from ._exceptions import ServerStoppingError as ServerStoppingError
 from ._exceptions import StaleLeaseError as StaleLeaseError
 from ._exceptions import StoreUnavailableError as StoreUnavailableError
 from ._exceptions import StrayCancellationError as StrayCancellationError
@@ -119,6 +121,7 @@ __all__ = [
     "PlanCreated",
     "PlanLockedError",
     "PlanNotWaitingError",
+    "PlanStateError",
     "PlanValidationError",
     "Planner",
     "PlanningError",
@@ -128,6 +131,7 @@ __all__ = [
     "RequestExpiredError",
     "RetryPolicy",
     "RunFinished",
+    "ServerStoppingError",
     "SnapshotWrite",
     "StaleLeaseError",
     "StoreUnavailableError",

@@ -20,6 +20,8 @@ VibePlannerError
 ├── NodeOutputError               (also TypeError)   a node returned something that is not JSON
 ├── PlanLockedError                                  another process is running this plan
 │   └── StaleLeaseError                              a write under a lease since expired and taken over
+├── PlanStateError                (also RuntimeError) the plan cannot do that now (running, idle)
+├── ServerStoppingError           (also RuntimeError) the service is shutting down
 └── CheckpointError
     ├── CheckpointNotFoundError   (also LookupError) no checkpoint with that id
     ├── CheckpointCorruptError                       a checkpoint or journal file cannot be trusted
@@ -57,10 +59,12 @@ __all__ = [
     "NodeOutputError",
     "PlanLockedError",
     "PlanNotWaitingError",
+    "PlanStateError",
     "PlanValidationError",
     "PlanningError",
     "RequestAlreadyAnsweredError",
     "RequestExpiredError",
+    "ServerStoppingError",
     "StaleLeaseError",
     "StoreUnavailableError",
     "StrayCancellationError",
@@ -355,6 +359,28 @@ class PlanLockedError(VibePlannerError):
         self.holder = holder
         who = f" by {holder}" if holder else ""
         super().__init__(f"plan {plan_id!r} is being run{who} (lock: {path})")
+
+
+class PlanStateError(VibePlannerError, RuntimeError):
+    """The plan is not in a state that allows the operation (it runs, or it does not).
+
+    Attributes:
+        plan_id: The plan.
+        reason: What is in the way, such as ``"is running already"``.
+
+    """
+
+    def __init__(self, plan_id: str, reason: str) -> None:
+        self.plan_id = plan_id
+        self.reason = reason
+        super().__init__(f"plan {plan_id!r} {reason}")
+
+
+class ServerStoppingError(VibePlannerError, RuntimeError):
+    """The service is shutting down and accepts no new runs (try again on the next one)."""
+
+    def __init__(self) -> None:
+        super().__init__("the server is shutting down and starts no new runs")
 
 
 class StaleLeaseError(PlanLockedError):

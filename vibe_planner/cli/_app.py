@@ -42,7 +42,7 @@ from vibe_planner import (
     VibePlannerError,
 )
 
-from . import _checkpoints, _commands, _respond, _workers
+from . import _checkpoints, _commands, _respond, _serve, _workers
 from ._commands import (
     EXIT_CORRUPT,
     EXIT_FAILED,
@@ -153,6 +153,10 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--format", choices=["tree", "mermaid", "json"], default="tree",
                       help="output format (default: tree)")
     plan.set_defaults(handler=_commands.plan_command)
+
+    serve = commands.add_parser("serve", parents=[common], help="serve the HTTP API and the dashboard")
+    _serve.add_serve_options(serve, run_options=_execution_options)
+    serve.set_defaults(handler=_serve.serve_command)
 
     _respond.add_respond_commands(commands, common)
     _checkpoint_commands(commands.add_parser(
