@@ -443,6 +443,8 @@ def doc_blocks(kind: str, page: Path = DOCS) -> Iterator[list[str]]:
 def normalise(line: str) -> str:
     """Hide what changes from run to run: ids, times, counts, sizes, column widths."""
     line = re.sub(r"cp-\d{8}-[0-9a-f]{12}", "cp-ID", line)
+    # A size's unit too: how much a snapshot holds depends on where ^C landed (812 B, 1.1 kB).
+    line = re.sub(r"\b\d+(\.\d)? (B|kB|MB)\b", "SIZE", line)
     line = re.sub(r"─+", "─", line)
     return " ".join(re.sub(r"\d+", "0", line).split())
 
