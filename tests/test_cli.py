@@ -443,8 +443,9 @@ def doc_blocks(kind: str, page: Path = DOCS) -> Iterator[list[str]]:
 def normalise(line: str) -> str:
     """Hide what changes from run to run: ids, times, counts, sizes, column widths."""
     line = re.sub(r"cp-\d{8}-[0-9a-f]{12}", "cp-ID", line)
-    # A delta of about a kilobyte is shown as "996 B" or "1.1 kB", as the run's timing has it.
-    line = re.sub(r"\b\d+(\.\d+)? [kMG]?B$", "SIZE", line)
+    # A size's unit too: a delta of about a kilobyte, or a snapshot cut short by ^C, is shown as
+    # "812 B" or "1.1 kB", as the run's timing has it.
+    line = re.sub(r"\b\d+(\.\d+)? [kMG]?B\b", "SIZE", line)
     line = re.sub(r"─+", "─", line)
     return " ".join(re.sub(r"\d+", "0", line).split())
 
