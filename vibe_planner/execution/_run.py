@@ -62,6 +62,7 @@ class Run:
         callback: Progress callback (sync or async), called from a task of its own.
         subscribers: Streams that receive every event.
         offline: Whether the run uses an offline stand-in (said in events and the result).
+        started: When the call began (``time.monotonic()``), planning included; now if not given.
 
     """
 
@@ -77,6 +78,7 @@ class Run:
         callback: Callable[[ProgressEvent], Any] | None = None,
         subscribers: Sequence[MemoryObjectSendStream[ProgressEvent]] = (),
         offline: bool = False,
+        started: float | None = None,
     ) -> None:
         self.state = state
         self.settings = settings
@@ -84,7 +86,7 @@ class Run:
         self._from_latest = from_latest
         self._manager = manager if settings.durability != "none" else None
         self._offline = offline
-        self._started = time.monotonic()
+        self._started = time.monotonic() if started is None else started
         self._bus = EventBus(callback, list(subscribers))
         self._emit = self._bus.emit if self._bus.active else None
         self._restored = sum(1 for node_id in state.records if state.is_completed(node_id))

@@ -21,12 +21,14 @@ opened with `RunRecorder.cancelled_on_failure` and is raised to whoever waits fo
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Literal
 
 import anyio
 import anyio.lowlevel
 
+from .. import _telemetry as telemetry
 from .._models import CheckpointReason
 from .._state import Capture, Record, RunState
 from ._codec import checkpoint_fields, encode_checkpoint
@@ -208,18 +210,24 @@ class RunRecorder:
         assert self._manager is not None
         state = self._state
         encode = None
+        size = [0]  # the snapshot's bytes, for the trace
         if capture is not None and reason is not None:
 
             def encode(checkpoint_id: str, sequence: int) -> bytes:  # called off the loop
                 fields = checkpoint_fields(
                     state, capture, checkpoint_id=checkpoint_id, sequence=sequence, reason=reason
                 )
-                return encode_checkpoint(fields)
+                data = encode_checkpoint(fields)
+                size[0] = len(data)
+                return data
 
-        checkpoint_id = await self._manager.write(
-            state.plan.plan_id, state.run_id, records, resumed_from=self._header if records else None,
-            snapshot=encode, truncate_journal=self._journal_on,
-        )
+        with telemetry.checkpoint_span(reason, len(records)) as span:
+            started = time.monotonic()
+            checkpoint_id = await self._manager.write(
+                state.plan.plan_id, state.run_id, records, resumed_from=self._header if records else None,
+                snapshot=encode, truncate_journal=self._journal_on,
+            )
+            telemetry.checkpoint_written(span, checkpoint_id, size[0], time.monotonic() - started)
         if records or checkpoint_id is not None:
             self._header = None  # written, or the journal is this snapshot's from now on
         return checkpoint_id
