@@ -16,6 +16,7 @@ import datetime
 import json
 import platform
 import shlex
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -26,7 +27,7 @@ from .plot import plot
 from .report import render, update_docs
 from .runner import ROOT, Settings, check_systems, run_suite
 from .systems import SYSTEMS, by_name
-from .workloads import FULL_SIZES, KEYS, QUICK_SIZES
+from .workloads import FULL_SIZES, FULL_SWEEPS, KEYS, QUICK_SIZES, QUICK_SWEEPS
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -52,24 +53,28 @@ def parse(argv: list[str]) -> argparse.Namespace:
                              "(default 60; at most 30 for each phase of workload 5)")
     parser.add_argument("--jobs", type=int,
                         help="runs at once (default 1; 2 with --quick, whose numbers do not count)")
-    parser.add_argument("--size", action="append", default=[], metavar="WORKLOAD=N",
-                        help="override a workload's size")
+    parser.add_argument("--size", action="append", default=[], metavar="WORKLOAD=N[,N...]",
+                        help="override a workload's size (several, comma-separated, for a sweep)")
     return parser.parse_args(argv)
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
     """Turn the command line into `Settings`."""
     sizes = dict(QUICK_SIZES if args.quick else FULL_SIZES)
+    sweeps = dict(QUICK_SWEEPS if args.quick else FULL_SWEEPS)
     for item in args.size:
         key, _, value = item.partition("=")
-        sizes[key] = int(value)
+        values = tuple(int(v) for v in value.split(","))
+        sizes[key] = values[0]
+        if key in sweeps:
+            sweeps[key] = values
     deadline = args.deadline or (20.0 if args.quick else 60.0)
     return Settings(
         sizes=sizes, reps=args.reps or (1 if args.quick else 5),
         workloads=[k for k in args.workloads.split(",") if k],
         systems=[by_name(n) for n in args.systems.split(",") if n],
         deadline=deadline, crash_cap=min(deadline, 30.0), slow_after=5.0,
-        jobs=args.jobs or (2 if args.quick else 1), warmup=not args.quick,
+        jobs=args.jobs or (2 if args.quick else 1), warmup=not args.quick, sweeps=sweeps,
     )
 
 
@@ -78,16 +83,38 @@ def aggregate(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
     summaries: dict[str, dict[str, Any]] = {}
     for key, result in results.items():
         systems = result["systems"]
+        kind = result["workload"]["key"]
         for entry in systems.values():
-            entry["summary"] = summarize(entry["runs"], key)
+            entry["summary"] = summarize(entry["runs"], kind)
         for entry in systems.values():
             base = systems.get(entry["baseline"])
             if base is not None and base is not entry:
                 by_rep = {r["rep"]: r for r in base["runs"]}
                 mine = [r for r in entry["runs"] if r["rep"] in by_rep]
-                entry["ratios"] = pair_ratios(mine, [by_rep[r["rep"]] for r in mine], key)
+                entry["ratios"] = pair_ratios(mine, [by_rep[r["rep"]] for r in mine], kind)
+        if kind == "slow":
+            _ratios_to_none(systems)
         summaries[key] = {name: entry["summary"] for name, entry in systems.items()}
     return summaries
+
+
+def _ratios_to_none(systems: dict[str, Any]) -> None:
+    """Add ``wall_vs_none`` (wall time ÷ ``vibe_planner/none``'s, rep by rep) to vibe_planner's modes."""
+    none = systems.get("vibe_planner/none")
+    if none is None:
+        return
+    by_rep = {r["rep"]: r for r in none["runs"]}
+    for entry in systems.values():
+        if entry["family"] != "vibe_planner":
+            continue
+        values = [run["figures"]["wall_ms"] / by_rep[run["rep"]]["figures"]["wall_ms"]
+                  for run in entry["runs"]
+                  if "wall_ms" in run.get("figures", {})
+                  and "wall_ms" in by_rep.get(run["rep"], {}).get("figures", {})]
+        if values:
+            entry["summary"]["wall_vs_none"] = {"median": statistics.median(values),
+                                                "min": min(values), "max": max(values),
+                                                "n": len(values)}
 
 
 def write(out: Path, results: dict[str, Any], meta: dict[str, Any]) -> None:
@@ -121,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": " ".join(["python -m bench", shlex.join(sys.argv[1:] if argv is None else argv)]).strip(),
         "python": platform.python_version(), "cpus": _cpus(), "machine": platform.machine(),
         "reps": settings.reps, "quick": args.quick, "sizes": settings.sizes,
+        "sweeps": {k: v for k, v in settings.sweeps.items() if k in settings.workloads},
         "deadline_s": settings.deadline, "availability": available, "versions": versions,
         "targets": targets(summaries), "elapsed_s": time.monotonic() - began,
         "load_average": {"before": load_before, "after": _load()},
@@ -143,8 +171,8 @@ def _publish(out: Path, results: dict[str, Any], meta: dict[str, Any], docs: Pat
 
 def _render_only(out: Path, docs: Path | None) -> int:
     meta = json.loads((out / "run.json").read_text())
-    results = {key: json.loads((out / f"{key}.json").read_text())
-               for key in KEYS if (out / f"{key}.json").exists()}
+    results = {path.stem: json.loads(path.read_text()) for path in sorted(out.glob("*.json"))
+               if path.stem != "run" and path.stem.split("-")[0] in KEYS}
     _publish(out, results, meta, docs)
     _print_targets(meta["targets"])
     return 0

@@ -9,7 +9,7 @@ from typing import Any
 
 from .workloads import Workload
 
-__all__ = ["METRICS", "Metric", "derive", "pair_ratios", "summarize", "targets"]
+__all__ = ["METRICS", "SWEEP_TARGETS", "TARGETS", "Metric", "derive", "pair_ratios", "summarize", "targets"]
 
 
 @dataclass(frozen=True)
@@ -47,6 +47,11 @@ METRICS: dict[str, tuple[Metric, ...]] = {
                _m("ran_before_kill", "ran before kill", ",.0f"),
                _m("resume_wall_s", "resume wall s", ".2f"),
                _m("peak_rss_mb", "peak RSS MiB", ".0f", True)),
+    "slow": (_m("wall_ms", "wall ms", ",.0f"), _m("wall_vs_none", "wall ÷ vp/none", ".3f"),
+             _m("written_mb", "MB written", ".2f", True),
+             _m("over_data", "written ÷ (outputs + plan)", ".2f"),
+             _m("largest_kb", "largest cp KB", ",.0f"), _m("checkpoints", "cps", ",.0f"),
+             _m("peak_rss_mb", "peak RSS MiB", ".0f", True)),
 }
 
 
@@ -67,6 +72,8 @@ def derive(workload: Workload, run: dict[str, Any]) -> dict[str, Any]:
         out["resume_wall_s"] = wall
     if run.get("bytes_written") is not None:
         out["written_mb"] = run["bytes_written"] / 1e6
+        data = workload.size * workload.output_bytes + workload.plan_bytes
+        out["over_data"] = run["bytes_written"] / data
     if run.get("cp_largest") is not None:
         out["largest_kb"] = run["cp_largest"] / 1e3
     if run.get("checkpoints") is not None:
@@ -152,13 +159,36 @@ TARGETS = (
             "W5 zero recorded-complete nodes re-run (journal)"),
     _Target("resume", "vibe_planner/journal", "first_node_ms", "median", "<=", 300,
             "W5 resume reaches the first node in < 300 ms (journal)"),
+    # Issue 12's targets.
+    _Target("resume", "vibe_planner/journal", "first_node_ms", "median", "<=", 100,
+            "W5 resume reaches the first node in <= 100 ms (journal)"),
+    _Target("fanout", "vibe_planner/journal", "over_floor", "median", "<=", 1.15,
+            "W1 fan-out with the journal <= 1.15 x the bare 10 ms sleep"),
+    _Target("uneven", "vibe_planner/journal", "over_floor", "median", "<=", 1.01,
+            "W2 uneven DAG with the journal <= 1.01 x the bare chain"),
 )
+
+SWEEP_TARGETS = (
+    _Target("slow", "vibe_planner/journal", "over_data", "max", "<=", 3.0,
+            "W6 {size} nodes: bytes written <= 3 x (outputs + plan) (journal; max over reps)"),
+    _Target("slow", "vibe_planner/interval", "over_data", "max", "<=", 3.0,
+            "W6 {size} nodes: bytes written <= 3 x (outputs + plan) (interval; max over reps)"),
+    _Target("slow", "vibe_planner/journal", "wall_vs_none", "median", "<=", 1.03,
+            "W6 {size} nodes: wall with the journal <= 1.03 x durability none"),
+)
+"""Targets of a workload run at several sizes: checked at each size (results ``slow-<size>``)."""
 
 
 def targets(summaries: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     """Check vibe_planner's targets against ``summaries[workload][system]``; one row each."""
     rows = []
-    for target in TARGETS:
+    sweeps = sorted((key for key in summaries if key.split("-")[0] == "slow"),
+                    key=lambda key: int(key.split("-")[1]))
+    expanded = [*TARGETS, *(
+        _Target(key, t.system, t.metric, t.stat, t.op, t.bound,
+                t.text.format(size=f"{int(key.split('-')[1]):,}"))
+        for t in SWEEP_TARGETS for key in sweeps)]
+    for target in expanded:
         stats = summaries.get(target.workload, {}).get(target.system, {}).get(target.metric)
         value = None if stats is None else stats[target.stat]
         holds = None

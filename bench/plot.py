@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-__all__ = ["PANELS", "plot"]
+__all__ = ["PANELS", "plot", "plot_sweep"]
 
 # (workload, metric, title with {size}, log scale, target line)
 PANELS: tuple[tuple[str, str, str, bool, float | None], ...] = (
@@ -41,14 +41,18 @@ def plot(results: dict[str, Any], path: Path) -> Path | None:
     except ImportError:
         return None
     panels = [p for p in PANELS if p[0] in results]
-    if not panels:
+    sweep = any(r["workload"]["key"] == "slow" for r in results.values())
+    if not panels and not sweep:
         return None
     columns = 3
-    rows = (len(panels) + columns - 1) // columns
+    rows = (len(panels) + sweep + columns - 1) // columns
     fig, axes = plt.subplots(rows, columns, figsize=(16, 4.6 * rows), squeeze=False)
     for ax, panel in zip(axes.flat, panels, strict=False):
         _panel(ax, results[panel[0]], *panel[1:])
-    for ax in list(axes.flat)[len(panels):]:
+    rest = list(axes.flat)[len(panels):]
+    if sweep:
+        plot_sweep(results, rest.pop(0))
+    for ax in rest:
         ax.axis("off")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -102,3 +106,36 @@ def _log_axis(ax: Any) -> None:
     ax.yaxis.set_minor_locator(LogLocator(base=10, subs=(2.0, 5.0)))
     ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:,.6g}"))
     ax.tick_params(axis="y", which="minor", labelsize=7)
+
+
+def plot_sweep(results: dict[str, Any], ax: Any, key: str = "slow") -> bool:
+    """Draw bytes written against plan size, one line per system; whether there was anything."""
+    sweep = sorted((r for r in results.values() if r["workload"]["key"] == key),
+                   key=lambda r: r["workload"]["size"])
+    if not sweep:
+        return False
+    names = list(sweep[0]["systems"])
+    for index, name in enumerate(names):
+        points = []
+        for result in sweep:
+            entry = result["systems"].get(name, {})
+            stats = entry.get("summary", {}).get("written_mb")
+            if stats and not entry.get("skipped"):
+                points.append((result["workload"]["size"], stats["median"]))
+        if points and any(y for _, y in points):
+            family = sweep[0]["systems"][name]["family"]
+            ax.plot(*zip(*points, strict=True), marker="o", label=name,
+                    color=_COLOURS.get(family, ("#444",) * 3)[index % 3])
+    data = [(r["workload"]["size"], (r["workload"]["size"] * r["workload"]["output_bytes"]
+             + r["workload"]["plan_bytes"]) / 1e6) for r in sweep]
+    ax.plot(*zip(*data, strict=True), linestyle=":", color="#555", label="outputs + plan")
+    ax.plot([x for x, _ in data], [3 * y for _, y in data], linestyle="--", color="#b00",
+            linewidth=1, label="target: 3 x (outputs + plan)")
+    ax.set_xscale("log")
+    _log_axis(ax)
+    ax.set_xticks([x for x, _ in data], [f"{x:,}" for x, _ in data])
+    ax.set_xlabel("nodes", fontsize=8)
+    ax.set_title("6. Slow nodes, 1 KB outputs: MB written vs plan size", fontsize=9)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    return True

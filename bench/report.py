@@ -64,7 +64,8 @@ def render_workload(result: dict[str, Any]) -> list[str]:
     ratio_metrics = [m for m in metrics if m.ratio]
     head = ["system", *(m.label for m in metrics), *(f"{m.label} ÷ vp" for m in ratio_metrics),
             "notes"]
-    lines = [f"### {workload['title']}", "", _describe(workload, _bare(result)), "",
+    title = workload["title"] + (f", {workload['size']:,} nodes" if key == "slow" else "")
+    lines = [f"### {title}", "", _describe(workload, _bare(result)), "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, entry in result["systems"].items():
         entry = {**entry, "name": name}
@@ -93,6 +94,9 @@ def _describe(workload: dict[str, Any], bare: float | None = None) -> str:
                      f"({bare / workload['critical_path_s']:.3f}{TIMES})")
     if workload["output_bytes"]:
         parts.append(f"{workload['output_bytes']:,} B outputs")
+    if workload.get("plan_bytes") and workload["key"] == "slow":
+        data = workload["size"] * workload["output_bytes"] + workload["plan_bytes"]
+        parts.append(f"outputs + plan (ids and dependencies as JSON) {data / 1e6:.2f} MB")
     parts.append(f"concurrency limit {workload['concurrency']}")
     return "*" + ", ".join(parts) + ".*"
 

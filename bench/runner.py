@@ -23,7 +23,7 @@ from typing import Any
 from .metrics import derive
 from .run_one import MARKER
 from .systems import System, not_applicable
-from .workloads import Workload, make_workload
+from .workloads import Workload, make_workload, result_key
 
 __all__ = ["ROOT", "Settings", "check_systems", "run_suite"]
 
@@ -51,6 +51,8 @@ class Settings:
     python: str = sys.executable
     warmup: bool = True
     log: Any = field(default=sys.stderr)
+    sweeps: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    """Workloads run at several sizes (each size's results keyed ``<key>-<size>``)."""
 
 
 def _env() -> dict[str, str]:
@@ -151,8 +153,9 @@ def run_suite(settings: Settings, available: dict[str, dict[str, Any]]) -> dict[
     """Run every workload; return ``{workload: {"workload": ..., "systems": {name: ...}}}``."""
     results: dict[str, Any] = {}
     for key in settings.workloads:
-        workload = make_workload(key, settings.sizes[key])
-        results[key] = _run_workload(settings, workload, available)
+        for size in settings.sweeps.get(key, (settings.sizes[key],)):
+            workload = make_workload(key, size)
+            results[result_key(key, size, settings.sweeps)] = _run_workload(settings, workload, available)
     return results
 
 
@@ -213,5 +216,5 @@ def _progress(
         what = ", ".join(f"{k}={v:.4g}" for k, v in list(run["figures"].items())[:3])
     else:
         what = "FAILED: " + str(run.get("error") or "timed out")[:160]
-    print(f"[{workload.key} rep {rep + 1}/{settings.reps}] {system.name:<22} {took:6.1f} s  {what}",
-          file=settings.log, flush=True)
+    where = f"{workload.key}-{workload.size} rep {rep + 1}/{settings.reps}"
+    print(f"[{where}] {system.name:<22} {took:6.1f} s  {what}", file=settings.log, flush=True)

@@ -7,19 +7,28 @@ passing it around. Node bodies are ``anyio.sleep(latency)`` (a latency of 0 retu
 
 from __future__ import annotations
 
+import json
 import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 
-__all__ = ["FULL_SIZES", "KEYS", "QUICK_SIZES", "NodeSpec", "Workload", "make_workload"]
+__all__ = [
+    "FULL_SIZES", "FULL_SWEEPS", "KEYS", "QUICK_SIZES", "QUICK_SWEEPS", "NodeSpec", "Workload",
+    "make_workload", "result_key",
+]
 
-KEYS = ("fanout", "uneven", "overhead", "checkpoint", "resume")
+KEYS = ("fanout", "uneven", "overhead", "checkpoint", "resume", "slow")
 """Workload keys, in the order they run and are reported."""
 
-FULL_SIZES = {"fanout": 100, "uneven": 200, "overhead": 10_000, "checkpoint": 1_000, "resume": 10_000}
-QUICK_SIZES = {"fanout": 20, "uneven": 40, "overhead": 500, "checkpoint": 100, "resume": 500}
+FULL_SIZES = {"fanout": 100, "uneven": 200, "overhead": 10_000, "checkpoint": 1_000, "resume": 10_000,
+              "slow": 1_000}
+QUICK_SIZES = {"fanout": 20, "uneven": 40, "overhead": 500, "checkpoint": 100, "resume": 500,
+               "slow": 20}
+FULL_SWEEPS = {"slow": (1_000, 2_000, 4_000, 8_000)}
+"""Workloads run at several sizes in one run (their results are keyed ``<key>-<size>``)."""
+QUICK_SWEEPS = {"slow": (20, 40)}
 
 TITLES = {
     "fanout": "1. Fan-out: independent 10 ms nodes",
@@ -27,7 +36,13 @@ TITLES = {
     "overhead": "3. Overhead: no-op nodes, checkpoint every 5",
     "checkpoint": "4. Checkpoint cost: 1 KB outputs, checkpoint every 5",
     "resume": "5. Resume after SIGKILL half way",
+    "slow": "6. Slow nodes: 1 KB outputs after 20 ms, concurrency 10, checkpoint every 5",
 }
+
+
+def result_key(key: str, size: int, sweeps: dict[str, tuple[int, ...]]) -> str:
+    """The key of a workload's results: the workload key, plus ``-<size>`` for a sweep."""
+    return f"{key}-{size}" if key in sweeps else key
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +69,16 @@ class Workload:
     """Most nodes running at once, where a system takes a limit."""
     probe: bool = False
     """Run the event-loop lag probe alongside (workload 4)."""
+
+    @cached_property
+    def plan_bytes(self) -> int:
+        """Bytes of the DAG alone as compact JSON (ids and dependencies; no system's own fields).
+
+        What any system must store to describe the plan, at least: the denominator of the
+        slow-nodes workload's "bytes written ÷ (outputs + plan)" counts this and the outputs.
+        """
+        return len(json.dumps([{"id": n.id, "deps": list(n.deps)} for n in self.nodes],
+                              separators=(",", ":")))
 
     @property
     def size(self) -> int:
@@ -104,7 +129,7 @@ class Workload:
             "critical_path_s": round(self.critical_path, 6),
             "total_latency_s": round(sum(n.latency for n in self.nodes), 6),
             "output_bytes": self.output_bytes, "checkpoint_interval": self.interval,
-            "concurrency": self.concurrency,
+            "concurrency": self.concurrency, "plan_bytes": self.plan_bytes,
         }
 
 
@@ -127,6 +152,10 @@ def make_workload(key: str, size: int, seed: int = 1) -> Workload:
                         concurrency=100, probe=True)
     if key == "resume":
         return Workload(key, seed, _random_dag(size, rng, lambda: 0.005), concurrency=32)
+    if key == "slow":
+        # Nodes as slow as LLM calls would be (scaled down): every interval snapshot is written.
+        return Workload(key, seed, _random_dag(size, rng, lambda: 0.020), output_bytes=1024,
+                        concurrency=10)
     raise ValueError(f"unknown workload {key!r}; expected one of {KEYS}")
 
 

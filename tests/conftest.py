@@ -33,3 +33,28 @@ def _no_stray_checkpoints(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
     monkeypatch.delenv("VIBE_PLANNER_MODEL", raising=False)
     os.environ.setdefault("PYTHONHASHSEED", "0")
+
+
+# -- the suite's own PostgreSQL server (tests/pg.py) -------------------------------------------------
+
+
+@pytest.fixture
+def postgres() -> object:
+    """The test PostgreSQL server (started on first use; `tests.pg.server`)."""
+    from tests import pg
+
+    return pg.server()
+
+
+@pytest.fixture(autouse=True)
+def _close_pg_stores() -> object:
+    yield
+    from tests import pg
+
+    pg.close_stores()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    from tests import pg
+
+    pg.stop()

@@ -14,15 +14,18 @@ from pathlib import Path
 
 import pytest
 
-from bench.metrics import METRICS, TARGETS
+from bench.metrics import METRICS, SWEEP_TARGETS, TARGETS
 from bench.report import BEGIN, END, render_workload, update_docs
-from bench.workloads import KEYS, QUICK_SIZES, make_workload
+from bench.workloads import KEYS, QUICK_SIZES, QUICK_SWEEPS, make_workload, result_key
 
 ROOT = Path(__file__).resolve().parent.parent
 VP = ["vibe_planner/none", "vibe_planner/interval", "vibe_planner/journal"]
 PEERS = ["langgraph/sqlite", "vibe-aigc/interval"]
 HEADLINE = {"fanout": "wall_ms", "uneven": "over_critical", "overhead": "nodes_per_s",
-            "checkpoint": "lag_max_ms", "resume": "first_node_ms"}
+            "checkpoint": "lag_max_ms", "resume": "first_node_ms", "slow": "over_data"}
+# (result key, workload key, size) of every result a quick run writes (a sweep at each size).
+RESULTS = [(result_key(key, size, QUICK_SWEEPS), key, size)
+           for key in KEYS for size in QUICK_SWEEPS.get(key, (QUICK_SIZES[key],))]
 
 
 @pytest.fixture(scope="module")
@@ -39,14 +42,15 @@ def quick_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_quick_run_writes_a_result_file_per_workload(quick_run: Path) -> None:
     names = sorted(p.name for p in (quick_run / "results").glob("*.json"))
-    assert names == sorted([f"{key}.json" for key in KEYS] + ["run.json"])
+    assert names == sorted([f"{name}.json" for name, _, _ in RESULTS] + ["run.json"])
 
 
-@pytest.mark.parametrize("key", [pytest.param(key, id=key) for key in KEYS])
-def test_vibe_planner_has_numbers_for_every_workload(quick_run: Path, key: str) -> None:
-    result = json.loads((quick_run / "results" / f"{key}.json").read_text())
+@pytest.mark.parametrize(("name", "key", "size"), [pytest.param(*r, id=r[0]) for r in RESULTS])
+def test_vibe_planner_has_numbers_for_every_workload(quick_run: Path, name: str, key: str,
+                                                     size: int) -> None:
+    result = json.loads((quick_run / "results" / f"{name}.json").read_text())
     assert result["workload"]["key"] == key
-    assert result["workload"]["size"] == QUICK_SIZES[key]
+    assert result["workload"]["size"] == size
     systems = result["systems"]
     assert set(systems) == set(VP + PEERS)
     for name in VP:
@@ -58,7 +62,7 @@ def test_vibe_planner_has_numbers_for_every_workload(quick_run: Path, key: str) 
         assert [run["ok"] for run in entry["runs"]] == [True], entry["runs"]
         summary = entry["summary"][HEADLINE[key]]
         assert summary["n"] == 1 and summary["min"] <= summary["median"] <= summary["max"]
-        assert entry["runs"][0]["completed"] == QUICK_SIZES[key]
+        assert entry["runs"][0]["completed"] == size
         assert entry["runs"][0]["peak_rss_mb"] > 0
 
 
@@ -78,14 +82,15 @@ def test_peers_are_measured_or_reported_unavailable(quick_run: Path) -> None:
 
 def test_targets_are_checked(quick_run: Path) -> None:
     meta = json.loads((quick_run / "results" / "run.json").read_text())
-    assert [row["target"] for row in meta["targets"]] == [t.text for t in TARGETS]
+    sweeps = [t.text.format(size=f"{size:,}") for t in SWEEP_TARGETS for size in QUICK_SWEEPS["slow"]]
+    assert [row["target"] for row in meta["targets"]] == [t.text for t in TARGETS] + sweeps
     assert all(row["value"] is not None for row in meta["targets"])
 
 
 def test_docs_page_gets_the_generated_tables(quick_run: Path) -> None:
     text = (quick_run / "benchmarks.md").read_text()
     assert text.count(BEGIN) == 1 and text.count(END) == 1
-    assert text.count("| system |") == len(KEYS)
+    assert text.count("| system |") == len(RESULTS)
     assert "`vibe_planner/journal`" in text and "### vibe_planner targets" in text
 
 

@@ -24,6 +24,8 @@ ROOT = Path(__file__).resolve().parent.parent
 PAGES = sorted([*ROOT.glob("docs/*.md"), ROOT / "README.md"])
 BLOCK = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
 LLM_PAGES = {"providers.md"}
+PG_PAGES = {"scaling.md"}
+"""Pages whose examples use a PostgreSQL store: ``VIBE_PLANNER_STORE`` names the test server."""
 DOC_PLAN = {"nodes": [
     {"id": "ideas", "instructions": "List ideas."},
     {"id": "draft", "instructions": "Write it.", "depends_on": ["ideas"]},
@@ -49,6 +51,11 @@ def test_page_examples_run(page: Path, request: pytest.FixtureRequest,
                            capsys: pytest.CaptureFixture[str]) -> None:
     if page.name in LLM_PAGES:
         server = request.getfixturevalue("llm_env")
+    if page.name in PG_PAGES:
+        from tests import pg
+
+        monkeypatch = request.getfixturevalue("monkeypatch")
+        monkeypatch.setenv("VIBE_PLANNER_STORE", f"{pg.server().url}?schema={pg.fresh_schema()}")
     namespace: dict[str, object] = {"__name__": "__docs__"}
     for index, block in enumerate(python_blocks(page)):
         code = compile(block, f"{page.name}[block {index}]", "exec")

@@ -15,6 +15,7 @@ import anyio
 import pytest
 
 from tests.helpers import StaticPlanner, node
+from tests.pg import pg_store
 from vibe_planner import (
     CheckpointCorruptError,
     CheckpointNotFoundError,
@@ -36,6 +37,7 @@ pytestmark = pytest.mark.anyio
 STORES: dict[str, Callable[[Path], CheckpointStore]] = {
     "file": lambda tmp_path: FileCheckpointStore(tmp_path / "cp"),
     "memory": lambda tmp_path: MemoryCheckpointStore(),
+    "postgres": lambda tmp_path: pg_store(),
 }
 
 CP1, CP2, CP3 = "cp-00000001-0123456789ab", "cp-00000002-0123456789ab", "cp-00000003-0123456789ab"

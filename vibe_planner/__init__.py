@@ -22,6 +22,8 @@ from ._exceptions import NodeOutputError as NodeOutputError
 from ._exceptions import PlanLockedError as PlanLockedError
 from ._exceptions import PlanningError as PlanningError
 from ._exceptions import PlanValidationError as PlanValidationError
+from ._exceptions import StaleLeaseError as StaleLeaseError
+from ._exceptions import StoreUnavailableError as StoreUnavailableError
 from ._exceptions import StrayCancellationError as StrayCancellationError
 from ._exceptions import UnsafeCheckpointFolderError as UnsafeCheckpointFolderError
 from ._exceptions import VibePlannerError as VibePlannerError
@@ -44,6 +46,8 @@ from .llm import LLMRequestError as LLMRequestError
 from .persistence._file_store import FileCheckpointStore as FileCheckpointStore
 from .persistence._manager import WorkflowPersistenceManager as WorkflowPersistenceManager
 from .persistence._memory_store import MemoryCheckpointStore as MemoryCheckpointStore
+from .persistence._open import store_from_url as store_from_url
+from .persistence._postgres_store import PostgresCheckpointStore as PostgresCheckpointStore
 from .persistence._recorder import Durability as Durability
 from .persistence._store import CheckpointStore as CheckpointStore
 from .persistence._store import Latest as Latest
@@ -98,10 +102,13 @@ __all__ = [
     "PlanValidationError",
     "Planner",
     "PlanningError",
+    "PostgresCheckpointStore",
     "ProgressEvent",
     "RetryPolicy",
     "RunFinished",
     "SnapshotWrite",
+    "StaleLeaseError",
+    "StoreUnavailableError",
     "Stored",
     "StrayCancellationError",
     "TokenUsage",
@@ -112,4 +119,5 @@ __all__ = [
     "WorkflowPersistenceManager",
     "WorkflowPlan",
     "WriteBatch",
+    "store_from_url",
 ]

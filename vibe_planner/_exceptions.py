@@ -11,12 +11,14 @@ VibePlannerError
 │   └── StrayCancellationError                      a handler let out a stray cancellation
 ├── NodeOutputError               (also TypeError)   a node returned something that is not JSON
 ├── PlanLockedError                                  another process is running this plan
+│   └── StaleLeaseError                              a write under a lease since expired and taken over
 └── CheckpointError
     ├── CheckpointNotFoundError   (also LookupError) no checkpoint with that id
     ├── CheckpointCorruptError                       a checkpoint or journal file cannot be trusted
     ├── CheckpointMismatchError                      the checkpoint belongs to another vibe or plan
     ├── UnsafeCheckpointFolderError (also PermissionError) another user could have written it
-    └── CheckpointWriteError      (also OSError)     the disk refused a checkpoint write
+    ├── CheckpointWriteError      (also OSError)     the disk refused a checkpoint write
+    └── StoreUnavailableError     (also ConnectionError) the store (a database) cannot be reached
 ```
 
 Messages are built from the attributes, so callers can act on `path`, `reason`, `node_ids` and
@@ -43,6 +45,8 @@ __all__ = [
     "PlanLockedError",
     "PlanValidationError",
     "PlanningError",
+    "StaleLeaseError",
+    "StoreUnavailableError",
     "StrayCancellationError",
     "UnsafeCheckpointFolderError",
     "VibePlannerError",
@@ -203,6 +207,35 @@ class PlanLockedError(VibePlannerError):
         super().__init__(f"plan {plan_id!r} is being run{who} (lock: {path})")
 
 
+class StaleLeaseError(PlanLockedError):
+    """A write (or renewal) under a lease that is no longer the plan's current one was refused.
+
+    A lease that is not renewed in time expires and another worker may take the plan over;
+    from then on the store refuses everything the old holder sends, so a paused or cut-off
+    process can never fork the plan's checkpoint chain. The run that gets this stops.
+
+    Attributes:
+        plan_id: The plan.
+        path: Where the plan lives (for messages).
+        token: The fencing token of the stale lease.
+        current: The token of the lease that replaced it (``None``: released, nobody holds it).
+        holder: Who holds the current lease, if anyone.
+
+    """
+
+    def __init__(self, plan_id: str, path: Path, token: int, current: int | None,
+                 holder: str | None) -> None:
+        self.plan_id = plan_id
+        self.path = path
+        self.token = token
+        self.current = current
+        self.holder = holder
+        now = "nobody holds it now" if current is None else f"lease {current} of {holder} replaced it"
+        VibePlannerError.__init__(
+            self, f"lease {token} of plan {plan_id!r} is no longer held ({now}); "
+            f"the write was refused (lease: {path})")
+
+
 class CheckpointError(VibePlannerError):
     """Base class of checkpoint problems."""
 
@@ -292,3 +325,20 @@ class CheckpointWriteError(CheckpointError, OSError):
         args: tuple[Any, ...] = (f"cannot write checkpoint file {str(path)!r}: {reason}",)
         super().__init__(*args)
         self.errno = errno_
+
+
+class StoreUnavailableError(CheckpointError, ConnectionError):
+    """The checkpoint store could not be reached or refused the request (a database's error).
+
+    The message never holds the password of the store's address.
+
+    Attributes:
+        where: The store, as `CheckpointStore.describe` names it (no password).
+        reason: What the store or the driver said.
+
+    """
+
+    def __init__(self, where: str, reason: str) -> None:
+        self.where = where
+        self.reason = reason
+        super().__init__(f"checkpoint store {where} is unavailable: {reason}")

@@ -41,6 +41,7 @@ from .execution._run import Run, RunSettings
 from .execution._scheduler import check_handlers
 from .llm import LLMConfig, LLMNodeHandler, LLMSession
 from .llm._session import RateLimiter
+from .persistence._lease import open_lease
 from .persistence._manager import Restored, WorkflowPersistenceManager
 from .persistence._recorder import Durability, open_recorder
 from .persistence._store import Lease
@@ -323,9 +324,10 @@ class MetaPlanner:
         await self.persistence_manager.delete_checkpoint(checkpoint_id)
 
     # -- internals ------------------------------------------------------------------------------
-    def _locked(self, plan_id: str) -> _PlanLockContext:
+    def _locked(self, plan_id: str) -> contextlib.AbstractAsyncContextManager[Lease | None]:
+        """Hold the plan's lease (renewed while held, where leases expire) for a block."""
         manager = self.persistence_manager if self.durability != "none" else None
-        return _PlanLockContext(manager, plan_id)
+        return open_lease(manager, plan_id)
 
     async def _restore(self, plan_id: str, checkpoint_id: str | None) -> Restored[ResumePoint] | None:
         if self.durability == "none" and checkpoint_id is None:
@@ -383,24 +385,6 @@ class MetaPlanner:
             max_concurrency=self.max_concurrency, retry=self.retry, node_timeout=self.node_timeout,
             fail_fast=self.fail_fast, redactor=self._redactor,
         )
-
-
-class _PlanLockContext:
-    """Holds the plan's lease for the duration of an ``async with`` block."""
-
-    def __init__(self, manager: WorkflowPersistenceManager | None, plan_id: str) -> None:
-        self._manager = manager
-        self._plan_id = plan_id
-        self._lock: Lease | None = None
-
-    async def __aenter__(self) -> None:
-        if self._manager is not None:
-            self._lock = await self._manager.acquire(self._plan_id)
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        if self._manager is not None and self._lock is not None:
-            with anyio.CancelScope(shield=True):
-                await self._manager.release(self._lock)
 
 
 def check_metadata(metadata: Mapping[str, Any] | None) -> dict[str, Any]:

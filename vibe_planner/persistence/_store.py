@@ -118,6 +118,10 @@ class CheckpointStore(ABC):
     override to save round trips. All must be safe to call from several tasks at once.
     """
 
+    lease_ttl: float | None = None
+    """Seconds a lease lasts unless renewed; ``None`` (files, memory) when it lasts as long as
+    its holder. A run renews its lease every third of this (see `open_lease`)."""
+
     @abstractmethod
     def describe(self, plan_id: str, name: str | None = None) -> str:
         """Return where a plan, or one of its files, lives: for messages; no I/O.
