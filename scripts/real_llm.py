@@ -17,6 +17,8 @@ Usage::
 
     python scripts/real_llm.py [--models 0.5b,1.5b] [--vibes N] [--out PATH]
     python scripts/real_llm.py prepare      # only build the server and assemble the models
+    python scripts/real_llm.py --base-url http://127.0.0.1:11434/v1 --models 0.5b
+        # measure an endpoint already running instead (nothing is built or started)
 """
 
 from __future__ import annotations
@@ -258,8 +260,10 @@ async def plan_vibes(base_url: str, model: Model, count: int) -> dict[str, Any]:
             "seconds": round(sum(r["seconds"] for r in rows), 1), "rows": rows}
 
 
-async def full_run(base_url: str, model: Model, folder: Path) -> dict[str, Any]:
+async def full_run(base_url: str, model: Model, folder: Path, trace_out: Path) -> dict[str, Any]:
     """Plan and run the first vibe, every node through the model (traced when the SDK is there)."""
+    import anyio
+
     from vibe_planner import MetaPlanner, Vibe, WorkflowPersistenceManager
 
     planner = MetaPlanner(llm=llm_config(base_url, model, max_tokens=384),
@@ -268,8 +272,11 @@ async def full_run(base_url: str, model: Model, folder: Path) -> dict[str, Any]:
     wall = time.monotonic()
     result = await planner.execute(Vibe(**VIBES[0]))
     if exporter is not None:
-        TRACE_OUT.write_text(json.dumps([_span_json(s) for s in exporter.get_finished_spans()], indent=1))
-        log(f"  trace of the full run: {TRACE_OUT}")
+        spans = json.dumps([_span_json(s) for s in exporter.get_finished_spans()], indent=1)
+        exporter.clear()
+        await anyio.Path(trace_out.parent).mkdir(parents=True, exist_ok=True)
+        await anyio.Path(trace_out).write_text(spans)
+        log(f"  trace of the full run: {trace_out}")
     sink = next(iter(result.outputs.values()), "")
     return {"vibe": VIBES[0]["description"], "status": result.status, "nodes": len(result.plan.nodes),
             "nodes_run": result.nodes_run, "duration_seconds": round(result.duration_seconds, 1),
@@ -296,7 +303,6 @@ def _trace_exporter() -> Any:
         provider = TracerProvider()
         trace.set_tracer_provider(provider)
     provider.add_span_processor(SimpleSpanProcessor(exporter))
-    TRACE_OUT.parent.mkdir(parents=True, exist_ok=True)
     return exporter
 
 
@@ -367,10 +373,15 @@ def main() -> None:
     parser.add_argument("--models", default="0.5b,1.5b")
     parser.add_argument("--vibes", type=int, default=len(VIBES))
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "real_llm.json")
+    parser.add_argument("--trace-out", type=Path, default=TRACE_OUT)
+    parser.add_argument("--base-url", help="measure this running endpoint; build and start nothing")
     args = parser.parse_args()
     models = [MODELS[name] for name in args.models.split(",")]
-    binary = ensure_server()
-    paths = {m.name: ensure_model(m) for m in models}
+    if args.base_url:
+        binary, paths = None, {m.name: Path(m.file) for m in models}
+    else:
+        binary = ensure_server()
+        paths = {m.name: ensure_model(m) for m in models}
     if args.what == "prepare":
         return
     import anyio
@@ -380,13 +391,14 @@ def main() -> None:
     for model in models:
         log(f"model {model.name}: {paths[model.name].name}")
         server_log = cache_dir() / "logs" / f"llama-server-{model.name}.log"
-        with llama_server(binary, paths[model.name], server_log) as base_url, \
-                tempfile.TemporaryDirectory() as tmp:
+        serving = contextlib.nullcontext(args.base_url) if binary is None else \
+            llama_server(binary, paths[model.name], server_log)
+        with serving as base_url, tempfile.TemporaryDirectory() as tmp:
             entry: dict[str, Any] = {"planning": anyio.run(plan_vibes, base_url, model, args.vibes)}
             log(f"  planning: {entry['planning']['valid']}/{entry['planning']['vibes']} valid, "
                 f"{entry['planning']['repairs']} repairs, {entry['planning']['seconds']} s")
             if model.name == models[0].name:
-                entry["full_run"] = anyio.run(full_run, base_url, model, Path(tmp) / "full")
+                entry["full_run"] = anyio.run(full_run, base_url, model, Path(tmp) / "full", args.trace_out)
                 log(f"  full run: {entry['full_run']}")
                 entry["kill_and_resume"] = kill_and_resume(base_url, model, Path(tmp) / "crash")
                 log(f"  kill and resume: {entry['kill_and_resume']}")
