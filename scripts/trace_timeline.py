@@ -54,7 +54,9 @@ def label(span: dict[str, Any]) -> str:
         reason = attrs.get("vibe_planner.checkpoint.reason", "")
         size = attrs.get("vibe_planner.checkpoint.bytes", 0)
         records = attrs.get("vibe_planner.journal.records", 0)
-        return f"{reason} snapshot {size / 1024:.1f} KiB" if size else f"journal, {records} records"
+        if size:
+            return f"{reason} snapshot {size / 1024:.1f} KiB"
+        return f"journal, {records} record{'' if records == 1 else 's'}"
     if span["name"] == "plan":
         nodes, repairs = attrs.get("vibe_planner.nodes.total"), attrs.get("vibe_planner.plan.repairs", 0)
         return f"{nodes} nodes, {repairs} repairs"
@@ -88,7 +90,7 @@ def main() -> None:
             ax.text(stop + total * 0.005, y, text, va="center", fontsize=7, color="#333333")
     ax.set_yticks([])
     ax.invert_yaxis()
-    ax.set_xlim(0, total * 1.12)
+    ax.set_xlim(0, total * 1.18)
     ax.set_xlabel("seconds since the run began")
     root = next((s for _, s in rows if s["name"] == "invoke_workflow"), None)
     title = "vibe_planner trace"
