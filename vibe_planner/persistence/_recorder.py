@@ -24,12 +24,14 @@ opened with `RunRecorder.cancelled_on_failure` and is raised to whoever waits fo
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Literal
 
 import anyio
 import anyio.lowlevel
 
+from .. import _telemetry as telemetry
 from .._models import CheckpointReason
 from .._state import Capture, Record, RunState
 from ._chain import ChainWriter, Parent, delta_fields
@@ -224,14 +226,18 @@ class RunRecorder:
             journal = chain.journal_ref(journaled) if parent is not None else None
             encode = _encoder(state, capture, reason, parent, journal, made)
 
-        checkpoint_id = await self._manager.write(
-            state.plan.plan_id, state.run_id, records, resumed_from=self._header if records else None,
-            snapshot=encode, base=None if capture is None or capture.full or chain.parent is None
-            else chain.parent.base,
-            # Only when every snapshot is a base (base_ratio 0) does none point into the
-            # journal: then, as in version 1, a durable snapshot empties it.
-            truncate_journal=self._journal_on and chain.ratio <= 0,
-        )
+        with telemetry.checkpoint_span(reason, len(records)) as span:
+            started = time.monotonic()
+            checkpoint_id = await self._manager.write(
+                state.plan.plan_id, state.run_id, records, resumed_from=self._header if records else None,
+                snapshot=encode, base=None if capture is None or capture.full or chain.parent is None
+                else chain.parent.base,
+                # Only when every snapshot is a base (base_ratio 0) does none point into the
+                # journal: then, as in version 1, a durable snapshot empties it.
+                truncate_journal=self._journal_on and chain.ratio <= 0,
+            )
+            telemetry.checkpoint_written(span, checkpoint_id, int(made.get("size", 0)),
+                                         time.monotonic() - started)
         if records or checkpoint_id is not None:
             self._header = None  # written, or the journal is this snapshot's from now on
         chain.journal_written(journaled)
